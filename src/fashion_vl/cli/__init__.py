@@ -1,0 +1,1 @@
+"""Entry points: ``fvl-train``, ``fvl-eval`` (Hydra) and ``fvl-data`` (argparse)."""

@@ -1,0 +1,142 @@
+"""What ``fvl-train`` and ``fvl-eval`` share: building objects from config, and run plumbing."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, read_write
+
+from fashion_vl.utils.rich_utils import print_config_tree
+
+log = logging.getLogger("fashion_vl")
+
+CONFIG_ROOT = "pkg://fashion_vl.conf"
+
+
+# Deprecation notices raised inside third-party code, not actionable by our users.
+_THIRD_PARTY_NOISE = (
+    r"'set_vital' is deprecated",
+    r".*isinstance\(treespec, LeafSpec\)",
+    r".*litlogger",
+)
+
+
+def extras(cfg: DictConfig) -> None:
+    """Process-level set-up: quiet tokenizer forks, one log line per message, the config tree."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for pattern in _THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    if cfg.get("ignore_warnings"):
+        warnings.filterwarnings("ignore")
+    # Lightning attaches its own console handler when imported; Hydra's root handlers already print to
+    # the console and to the run's log file, so let Lightning's records go there once.
+    import lightning  # noqa: F401  (import now, so its handlers exist to be removed)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        lightning_log = logging.getLogger(name)
+        for handler in list(lightning_log.handlers):
+            lightning_log.removeHandler(handler)
+        lightning_log.propagate = True
+        lightning_log.addFilter(_drop_advertising)
+    if cfg.get("print_config") and _is_rank_zero():
+        print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
+
+
+def _drop_advertising(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage() and "litmodels" not in record.getMessage()
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def instantiate_list(cfg: DictConfig | None, what: str) -> list[Any]:
+    """Instantiate every entry with a ``_target_`` of a callbacks/logger config group."""
+    if not cfg:
+        return []
+    if not isinstance(cfg, DictConfig):
+        raise TypeError(f"{what} config must be a mapping of name -> object config")
+    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
+    """``null``: start fresh; ``last``: this run's ``checkpoints/last.ckpt`` if it exists (auto-resume,
+    e.g. after a pre-emption with a fixed ``run_name``), else start fresh; anything else: a file."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=last: no %s yet, starting fresh", last)
+        return None
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint at {path}")
+    return str(path)
+
+
+def prepare_ddp_relaunch() -> None:
+    """Make Lightning's DDP child processes re-run *this job*, not the whole sweep.
+
+    Lightning starts ranks > 0 by re-running ``sys.argv`` plus ``hydra.run.dir=<run dir>``. Under
+    ``-m`` that argv is the sweep, so every child would start a sweep of its own (the known Hydra +
+    DDP trap). For a multirun job we rewrite argv to this job's own overrides and point
+    ``hydra.run.dir`` at the job's output folder (harmless when the job does not use DDP).
+    """
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return
+    sys.argv = [sys.argv[0], *hc.overrides.task]
+    with read_write(hc.run):
+        hc.run.dir = hc.runtime.output_dir
+
+
+def reset_distributed() -> None:
+    """After a DDP job inside a multirun, tear the process group down so the next job can start one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in ("MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
+        if key != "LOCAL_RANK" or os.environ.get("LOCAL_RANK") == "0":
+            os.environ.pop(key, None)
+
+
+def check_data_dir(cfg: DictConfig) -> None:
+    """Fail first, and plainly, when the data folder every experiment reads is missing."""
+    data_dir = Path(str(cfg.paths.data_dir)).expanduser()
+    if not data_dir.is_dir():
+        raise FileNotFoundError(
+            f"paths.data_dir={data_dir} does not exist. Generate the synthetic data with "
+            f"`fvl-data synth --out {data_dir}` or point paths.data_dir at your datasets/ folder "
+            "(see docs/data.md)."
+        )
+
+
+def check_tokenizer_fits(datamodule: Any, net: Any) -> None:
+    """The tokenizer's ids must index the model's embedding table."""
+    tokenizer = getattr(datamodule, "tokenizer", None)
+    vocab = getattr(net, "vocab_size", None)
+    if tokenizer is None or vocab is None:
+        return
+    if len(tokenizer) > vocab:
+        raise ValueError(
+            f"tokenizer '{datamodule.tokenizer_name}' has {len(tokenizer)} tokens but the model's "
+            f"model.text_encoder.vocab_size is {vocab}: raise the vocab size or use the model's own tokenizer"
+        )
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

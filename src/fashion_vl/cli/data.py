@@ -1,0 +1,137 @@
+"""``fvl-data``: data folder tools.
+
+Subcommands:
+  synth   write procedurally generated datasets in the real on-disk formats
+  check   validate a data folder (formats, images, ids, splits) and print a summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fashion_vl.utils.rich_utils import print_table, results_table
+
+console = Console(stderr=True)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from fashion_vl.data.synth import SIZES, generate
+
+    out = Path(args.out)
+    manifest_path = out / "synthetic_manifest.json"
+    if args.skip_existing and manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text())
+        if (manifest.get("seed"), manifest.get("size"), manifest.get("image_size")) == (
+            args.seed,
+            args.size,
+            args.image_size,
+        ):
+            console.print(
+                f"[green]{out} already holds synthetic data (size={args.size}, seed={args.seed}); skipping"
+            )
+            return 0
+        args.overwrite = True
+    if args.size not in SIZES:
+        console.print(f"[red]--size must be one of {sorted(SIZES)}")
+        return 2
+    with Progress(
+        TextColumn("synth images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        task = bar.add_task("render", total=None)
+        manifest = generate(
+            out,
+            size=args.size,
+            seed=args.seed,
+            image_size=args.image_size,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            only=args.only.split(",") if args.only else None,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    rows = [{"dataset/split": k, "count": v} for k, v in manifest["counts"].items()]
+    print_table(results_table(f"synthetic data in {out} (seed {args.seed}, {args.size})", rows))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from fashion_vl.data.check import check_data_dir
+
+    try:
+        reports = check_data_dir(
+            args.data_dir, decode=not args.no_decode, workers=args.workers, num_attributes=args.num_attributes
+        )
+    except FileNotFoundError as err:
+        console.print(f"[red]{err}")
+        return 2
+    rows = []
+    for r in reports:
+        status = "absent" if r.absent else ("ok" if r.ok else f"{len(r.problems)} problem(s)")
+        rows.append(
+            dict(
+                dataset=r.dataset,
+                split=r.split,
+                entries=r.entries,
+                images=r.images,
+                missing=r.missing,
+                corrupt=r.corrupt,
+                status=status,
+            )
+        )
+    print_table(results_table(f"fvl-data check {args.data_dir}", rows))
+    failed = [r for r in reports if not r.absent and not r.ok]
+    for r in failed:
+        for p in r.problems:
+            console.print(f"[red]{r.dataset}/{r.split}[/red]: {p}")
+    if all(r.absent for r in reports):
+        console.print(f"[red]no dataset found under {args.data_dir}: is it the datasets/ folder?")
+        return 1
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fvl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synth", help="write synthetic datasets in the real formats")
+    p.add_argument("--out", required=True, help="the datasets/ folder to write (paths.data_dir)")
+    p.add_argument("--size", default="small", help="tiny | small | medium (default: small)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=128, help="side of the square images (default 128)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="render processes (default: CPU count, at most 8)"
+    )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated subset: fashiongen,bigfacad,fashion200k,polyvore,fashioniq",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="do nothing if the folder holds the same size/seed"
+    )
+    p.set_defaults(fn=cmd_synth)
+    p = sub.add_parser("check", help="validate a data folder and print a per-dataset summary")
+    p.add_argument("data_dir", help="the datasets/ folder (paths.data_dir)")
+    p.add_argument("--no-decode", action="store_true", help="only check that images exist (fast)")
+    p.add_argument("--workers", type=int, default=8, help="threads reading images")
+    p.add_argument("--num-attributes", type=int, default=2232, help="size of the pseudo-attribute vocabulary")
+    p.set_defaults(fn=cmd_check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``fvl-eval``: evaluate a checkpoint (or a randomly initialised model) and print a results table.
+
+``fvl-eval experiment=demo_itc ckpt_path=logs/.../last.ckpt`` runs the experiment's test split,
+prints the metrics as a table and writes ``metrics.json`` in the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from fashion_vl.cli._run import (
+    CONFIG_ROOT,
+    check_data_dir,
+    check_tokenizer_fits,
+    extras,
+    instantiate_list,
+    log,
+    resolved_config,
+)
+from fashion_vl.utils.rich_utils import print_table, results_table
+
+
+def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
+    from lightning import seed_everything
+
+    check_data_dir(cfg)
+    seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    net = instantiate(cfg.model, _convert_="all")
+    lit = instantiate(cfg.lit, net=net, _convert_="partial")
+    check_tokenizer_fits(datamodule, net)
+    ckpt = cfg.get("ckpt_path")
+    if ckpt is not None and not Path(ckpt).expanduser().is_file():
+        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt}")
+    if ckpt is None:
+        log.warning("ckpt_path is null: evaluating the randomly initialised model")
+    loggers = instantiate_list(cfg.get("logger"), "logger")
+    trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=instantiate_list(cfg.get("callbacks"), "callbacks")
+    )
+    # Lightning asks for the training callbacks when a checkpoint is given; evaluation needs none.
+    warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
+    split = cfg.get("split", "test")
+    if split == "val":
+        results = trainer.validate(lit, datamodule=datamodule, ckpt_path=ckpt)
+    else:
+        results = trainer.test(lit, datamodule=datamodule, ckpt_path=ckpt)
+    metrics = {k: float(v) for r in results for k, v in r.items()}
+    out = Path(cfg.paths.output_dir) / "metrics.json"
+    if trainer.is_global_zero:
+        payload = {
+            "experiment": cfg.get("experiment_name"),
+            "ckpt_path": str(ckpt) if ckpt else None,
+            "split": split,
+            "metrics": metrics,
+            "config": resolved_config(cfg),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=1))
+        rows = [{"metric": k, "value": v} for k, v in sorted(metrics.items())]
+        title = (
+            f"{cfg.get('experiment_name')} - {'random init' if ckpt is None else Path(ckpt).name} ({split})"
+        )
+        print_table(results_table(title, rows, ["metric", "value"]))
+        log.info("metrics written to %s", out)
+    return metrics, dict(trainer=trainer, lit=lit, datamodule=datamodule)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_ROOT, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    extras(cfg)
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

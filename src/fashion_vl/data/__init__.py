@@ -1,0 +1,1 @@
+"""Data: readers for the five datasets' on-disk formats, datasets, collation, DataModules, synthesis."""

@@ -1,0 +1,186 @@
+"""LightningDataModules. Loaders are ``torchdata`` ``StatefulDataLoader``s over :class:`ShardedSampler`,
+so Lightning checkpoints their position and a killed run resumes mid-epoch on the same batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from lightning import LightningDataModule
+from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
+
+from fashion_vl.data.collate import GalleryCollator, ImageTextCollator, TextTokenizer
+from fashion_vl.data.datasets import ImageReader, ProductDataset, ProductGalleryDataset
+from fashion_vl.data.formats.products import ProductSource
+from fashion_vl.data.samplers import ShardedSampler
+from fashion_vl.losses._dist import world_size
+from fashion_vl.models.encoders.text import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+class FashionDataModule(LightningDataModule):
+    """What every DataModule here shares: the tokenizer, transforms, image policy and loaders.
+
+    Args:
+        tokenizer: hub name or local directory of a fast tokenizer.
+        max_text_length: tokens per text, ``[CLS]``/``[SEP]`` included.
+        pad_to_max_length: static text length (for ``torch.compile``) instead of per-batch longest.
+        train_transform, eval_transform: callables on ``uint8 [3,H,W]`` tensors (torchvision v2).
+        batch_size: per-device training batch; eval_batch_size: per-device evaluation batch.
+        num_workers, pin_memory (``None``: when CUDA is available), persistent_workers, prefetch_factor.
+        seed: seed of the sampling order and of every sample's augmentation.
+        strict_images: a missing/corrupt image is an error instead of being skipped and counted.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: str,
+        train_transform: Callable,
+        eval_transform: Callable,
+        max_text_length: int = 75,
+        pad_to_max_length: bool = False,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+        prefetch_factor: int = 2,
+        seed: int = 0,
+        strict_images: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tokenizer_name = tokenizer
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.max_text_length = max_text_length
+        self.pad_to_max_length = pad_to_max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.seed = seed
+        self.reader = ImageReader(strict=strict_images)
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    @property
+    def text(self) -> TextTokenizer:
+        return TextTokenizer(self.tokenizer, self.max_text_length, self.pad_to_max_length)
+
+    def make_loader(
+        self,
+        dataset: Dataset,
+        collate_fn: Callable,
+        *,
+        train: bool,
+        weights: torch.Tensor | None = None,
+        epoch_size: int | None = None,
+    ) -> StatefulDataLoader:
+        batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = ShardedSampler(
+            len(dataset),
+            shuffle=train,
+            seed=self.seed,
+            weights=weights,
+            epoch_size=epoch_size,
+            drop_last=train,
+        )
+        if train and len(sampler) < batch_size:
+            raise ValueError(
+                f"data.batch_size={batch_size} is larger than the {len(sampler)} training samples each of the "
+                f"{world_size()} rank(s) gets per epoch: lower data.batch_size or use more data"
+            )
+        workers = self.num_workers
+        return StatefulDataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=collate_fn,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            drop_last=train,
+            persistent_workers=self.persistent_workers and workers > 0,
+            prefetch_factor=self.prefetch_factor if workers > 0 else None,
+        )
+
+
+class ProductDataModule(FashionDataModule):
+    """Product-level data: FashionGen, BigFACAD, Fashion200k, Polyvore items, and their mix.
+
+    With one training source this is e.g. the FashionGen DataModule; with four it is FashionAll, the
+    pre-training mix. Each training sample is a *product* (one random image of it, or ``num_views``).
+
+    Args:
+        train_sources: name -> :class:`ProductSource` of the training split(s).
+        val_source: evaluated as a full gallery (every image of every product against every text).
+        test_source: defaults to ``val_source`` (FashionGen's test split is its val split).
+        source_weights: dataset name -> share of the training samples; ``None`` samples products
+            uniformly (the reference: a shuffled concatenation).
+        samples_per_epoch: epoch length over all ranks when sampling by weights (default: all products).
+        num_views: images per training sample (2 for multi-view contrastive learning).
+    """
+
+    def __init__(
+        self,
+        train_sources: Mapping[str, ProductSource] | None = None,
+        val_source: ProductSource | None = None,
+        test_source: ProductSource | None = None,
+        source_weights: Mapping[str, float] | None = None,
+        samples_per_epoch: int | None = None,
+        num_views: int = 1,
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        self.train_sources = dict(train_sources or {})
+        self.val_source = val_source
+        self.test_source = test_source or val_source
+        self.source_weights = dict(source_weights) if source_weights is not None else None
+        self.samples_per_epoch = samples_per_epoch
+        self.num_views = num_views
+        self.train_set: ProductDataset | None = None
+        self.val_set: ProductGalleryDataset | None = None
+        self.test_set: ProductGalleryDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None and self.train_sources:
+            tables = [source.read() for source in self.train_sources.values()]
+            self.train_set = ProductDataset(tables, self.train_transform, self.num_views, self.reader)
+            log.info("training products: %s", self.train_set.source_sizes())
+        if stage in ("fit", "validate", None) and self.val_set is None and self.val_source is not None:
+            self.val_set = ProductGalleryDataset(self.val_source.read(), self.eval_transform, self.reader)
+        if stage in ("test", None) and self.test_set is None and self.test_source is not None:
+            self.test_set = ProductGalleryDataset(self.test_source.read(), self.eval_transform, self.reader)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        if self.train_set is None:
+            raise RuntimeError("data.train_sources is empty: nothing to train on")
+        return self.make_loader(
+            self.train_set,
+            ImageTextCollator(self.text),
+            train=True,
+            weights=self.train_set.sampling_weights(self.source_weights),
+            epoch_size=self.samples_per_epoch,
+        )
+
+    def val_dataloader(self) -> StatefulDataLoader | list:
+        if self.val_set is None:
+            return []
+        return self.make_loader(self.val_set, GalleryCollator(self.text), train=False)
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        if self.test_set is None:
+            raise RuntimeError("data.test_source and data.val_source are both empty: nothing to evaluate")
+        return self.make_loader(self.test_set, GalleryCollator(self.text), train=False)

@@ -1,0 +1,193 @@
+"""Datasets over the readers' records. Images that fail to load are skipped and reported, not fatal."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from fashion_vl.data.images import ImageLoadError, load_image
+from fashion_vl.data.records import Product, ProductTable
+from fashion_vl.data.samplers import SampleKey
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+
+
+class UnloadableProductError(RuntimeError):
+    """None of a product's images could be loaded."""
+
+
+class TooManyBadImagesError(RuntimeError):
+    """So many consecutive images failed that the image folder is probably wrong."""
+
+
+def as_key(key: SampleKey | int) -> SampleKey:
+    """Plain integer indexing (notebooks, tests) uses the index as the sample seed."""
+    return key if isinstance(key, SampleKey) else SampleKey(int(key), int(key))
+
+
+def seeded_transform(transform: Transform, image: torch.Tensor, seed: int) -> torch.Tensor:
+    """Apply a random torchvision transform with its randomness drawn from ``seed``.
+
+    torchvision's random transforms use the global torch generator; forking it keeps the caller's
+    stream (dropout, task sampling in the main process with ``num_workers=0``) untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
+class ImageReader:
+    """Loads a product's images, skipping bad ones (or failing at once when ``strict``).
+
+    Args:
+        strict: raise on the first missing/corrupt image instead of skipping it.
+        max_consecutive_failures: give up (image folder probably wrong) after this many in a row.
+    """
+
+    def __init__(self, strict: bool = False, max_consecutive_failures: int = 50) -> None:
+        self.strict = strict
+        self.max_consecutive_failures = max_consecutive_failures
+
+    def first_loadable(
+        self, table: ProductTable, product: Product, order: Sequence[int], bad: list[str]
+    ) -> torch.Tensor:
+        """The first image of ``product`` in ``order`` that loads; failed paths are appended to ``bad``."""
+        for i in order:
+            try:
+                return load_image(table.image_dir, product.images[i])
+            except ImageLoadError as err:
+                if self.strict:
+                    raise ImageLoadError(
+                        err.path, err.reason + " (data.strict_images=true; set it false to skip bad images)"
+                    ) from err
+                bad.append(f"{err.path}: {err.reason}")
+        raise UnloadableProductError(f"{table.dataset} product {product.id}: no loadable image")
+
+
+class ProductDataset(Dataset):
+    """Product-level training samples: ``num_views`` random images of a product, its text, its labels.
+
+    Views are drawn with replacement among the product's images (the reference's ``double_view``).
+    A product whose drawn image is bad falls back to its other images; a product with none is replaced
+    by another product drawn from the sample's seed, so batches keep their size (static shapes, equal
+    batches on every rank). Each sample lists the paths it skipped in ``bad_images``.
+    """
+
+    def __init__(
+        self,
+        tables: Sequence[ProductTable],
+        transform: Transform,
+        num_views: int = 1,
+        reader: ImageReader | None = None,
+    ) -> None:
+        self.tables = list(tables)
+        self.transform = transform
+        self.num_views = num_views
+        self.reader = reader or ImageReader()
+        self.index = [(t, p) for t, table in enumerate(self.tables) for p in range(len(table))]
+        if not self.index:
+            raise ValueError("no products in " + ", ".join(str(t.annotation_path) for t in self.tables))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def product(self, index: int) -> tuple[ProductTable, Product]:
+        t, p = self.index[index]
+        table = self.tables[t]
+        return table, table.products[p]
+
+    def source_sizes(self) -> dict[str, int]:
+        return {f"{t.dataset}/{t.split}": len(t) for t in self.tables}
+
+    def sampling_weights(self, source_weights: dict[str, float] | None) -> torch.Tensor | None:
+        """Per-product weights giving each source its share (``None``: uniform over products)."""
+        if source_weights is None:
+            return None
+        lookup = {k.lower(): float(v) for k, v in source_weights.items()}
+        per_table = []
+        for table in self.tables:
+            share = lookup.get(table.dataset.lower())
+            if share is None:
+                raise KeyError(
+                    f"data.source_weights has no entry for {table.dataset} (has: {sorted(source_weights)})"
+                )
+            per_table.append(share / len(table))
+        return torch.tensor([per_table[t] for t, _ in self.index], dtype=torch.double)
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        key = as_key(key)
+        rng = random.Random(key.seed)
+        bad: list[str] = []
+        index = key.index
+        for _ in range(self.reader.max_consecutive_failures):
+            table, product = self.product(index)
+            try:
+                n = len(product.images)
+                views = []
+                for _ in range(self.num_views):
+                    first = rng.randrange(n)
+                    views.append(self.reader.first_loadable(table, product, [first, *range(n)], bad))
+                break
+            except UnloadableProductError:
+                index = rng.randrange(len(self))
+        else:
+            raise TooManyBadImagesError(
+                f"{self.reader.max_consecutive_failures} products in a row had no loadable image; is the image "
+                f"folder right? Last failures:\n  " + "\n  ".join(bad[-5:])
+            )
+        sample: dict[str, Any] = {
+            "image": seeded_transform(self.transform, views[0], key.seed),
+            "text": product.text,
+            "product_id": product.id,
+            "attributes": product.attributes,
+            "category_id": product.category_id,
+            "subcategory_id": product.subcategory_id,
+            "bad_images": bad,
+            "seed": key.seed,
+        }
+        for v in range(1, self.num_views):
+            sample[f"image_view{v}"] = seeded_transform(self.transform, views[v], key.seed + v)
+        return sample
+
+
+class ProductGalleryDataset(Dataset):
+    """Evaluation over products: every image of a product, and its text, in file order.
+
+    ``image_keys`` number every image of the split uniquely, so duplicates can be dropped after a
+    distributed gather.
+    """
+
+    def __init__(self, table: ProductTable, transform: Transform, reader: ImageReader | None = None) -> None:
+        self.table = table
+        self.transform = transform
+        self.reader = reader or ImageReader()
+        self.first_key = [0]
+        for p in table.products:
+            self.first_key.append(self.first_key[-1] + len(p.images))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        index = as_key(key).index
+        product = self.table.products[index]
+        images, keys, bad = [], [], []
+        for i in range(len(product.images)):
+            try:
+                images.append(self.transform(self.reader.first_loadable(self.table, product, [i], bad)))
+                keys.append(self.first_key[index] + i)
+            except UnloadableProductError:
+                continue
+        return {
+            "images": images,
+            "image_keys": keys,
+            "text": product.text,
+            "product_id": product.id,
+            "category_id": product.category_id,
+            "subcategory_id": product.subcategory_id,
+            "bad_images": bad,
+        }

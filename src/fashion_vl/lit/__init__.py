@@ -1,0 +1,1 @@
+"""LightningModules (the task: losses, metrics, optimisation) and Lightning callbacks."""

@@ -1,0 +1,61 @@
+"""What every task shares: optimisation from config, parameter groups, scheduler stepping."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from lightning import LightningModule
+from torch import nn
+
+from fashion_vl.optim import param_groups
+
+
+class FashionLitModule(LightningModule):
+    """Base LightningModule: holds ``net`` and builds AdamW groups and the schedule from config.
+
+    Args:
+        net: the ``nn.Module`` (built by ``conf/model``).
+        optimizer: partial optimizer (``_partial_: true``), called with the parameter groups.
+        scheduler: partial scheduler called with the optimizer, stepped every optimisation step.
+        lr_multiplier: learning-rate factor for ``fast_modules`` (FashionViL: 20).
+        fast_modules: parameter-name prefixes trained at ``lr * lr_multiplier``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        lr_multiplier: float = 1.0,
+        fast_modules: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.lr_multiplier = lr_multiplier
+        self.fast_modules = tuple(fast_modules)
+
+    def configure_optimizers(self) -> dict:
+        defaults = getattr(self.optimizer_factory, "keywords", None)
+        if defaults is None or "lr" not in defaults:
+            raise ValueError("lit.optimizer must be a partial (`_partial_: true`) that sets `lr`")
+        groups = param_groups(
+            self,
+            lr=defaults["lr"],
+            weight_decay=defaults.get("weight_decay", 0.0),
+            fast_modules=self.fast_modules,
+            lr_multiplier=self.lr_multiplier,
+        )
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "step"},
+        }
+
+    def batch_size_of(self, batch: dict) -> int:
+        return int(batch["input_ids"].shape[0])

@@ -1,0 +1,79 @@
+"""Cross-modal retrieval: image-only and text-only embeddings trained with ITC (symmetric InfoNCE),
+evaluated by full-gallery recall@K in both directions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.metrics.gallery import CrossModalGalleryRecall
+from fashion_vl.models.fashionvil import FashionViL
+
+
+class CrossModalRetrievalModule(FashionLitModule):
+    """Train and evaluate FashionViL's unimodal embeddings for image<->text retrieval.
+
+    Logged: ``train/itc_loss``, ``train/contrastive_scale``; on each evaluation split ``{split}/i2t_r@K``,
+    ``{split}/t2i_r@K``, ``{split}/rsum`` and ``{split}/mean`` (full gallery, percentages).
+
+    Args:
+        net: a :class:`~fashion_vl.models.fashionvil.FashionViL`.
+        loss: the contrastive loss (``losses.ContrastiveLoss``).
+        ks: the K of recall@K.
+        optimizer, scheduler, lr_multiplier, fast_modules: see :class:`FashionLitModule`.
+    """
+
+    def __init__(
+        self,
+        net: FashionViL,
+        loss: nn.Module,
+        optimizer: Any,
+        scheduler: Any = None,
+        lr_multiplier: float = 20.0,
+        fast_modules: Sequence[str] = ("net.image_encoder", "net.visual_embeddings.projection"),
+        ks: Sequence[int] = (1, 5, 10),
+    ) -> None:
+        super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
+        # the full resolved config is in every checkpoint (ConfigInCheckpoint); keep hparams to plain values
+        self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
+        self.loss = loss
+        self.val_recall = CrossModalGalleryRecall(ks)
+        self.test_recall = CrossModalGalleryRecall(ks)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        image = self.net.encode_image(batch["image"], normalize=True)
+        text = self.net.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+        loss = self.loss(image, text)
+        bs = self.batch_size_of(batch)
+        self.log("train/itc_loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/contrastive_scale", self.net.contrastive_norm.scale.detach(), batch_size=bs)
+        return loss
+
+    def _embed_gallery(self, batch: dict, metric: CrossModalGalleryRecall) -> None:
+        text = self.net.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+        if batch["image"].numel():
+            image = self.net.encode_image(batch["image"], normalize=True)
+        else:  # every image of these products failed to load
+            image = text.new_zeros((0, text.shape[1]))
+        metric.update(image, batch["image_product_id"], batch["image_key"], text, batch["product_id"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._embed_gallery(batch, self.val_recall)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._embed_gallery(batch, self.test_recall)
+
+    def _log_recall(self, split: str, metric: CrossModalGalleryRecall) -> None:
+        values = metric.compute()
+        metric.reset()
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_recall("val", self.val_recall)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_recall("test", self.test_recall)

@@ -1,0 +1,41 @@
+"""Cross-rank gathering for losses and metrics; every function is the identity on one process."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x [B, ...]`` from every rank along dim 0, keeping the autograd graph.
+
+    The backward pass sums, for this rank's slice, the gradients every rank computed for it. Under DDP
+    (which averages parameter gradients) this makes a per-rank loss over the gathered batch give the
+    gradient of the single-process loss over the concatenated batch.
+    """
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0 (equal shapes), without gradient."""
+    if world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,1 @@
+"""Evaluation protocols: vectorised, device-agnostic, and exact on ties (see ``retrieval``)."""

@@ -1,0 +1,99 @@
+"""Recall@K for retrieval, computed as best-positive ranks in memory-bounded chunks.
+
+Tie rule (pessimistic): a gallery item that is not a positive and scores *equal to or above* the
+query's best positive is ranked before it. So a degenerate model whose embeddings are all equal gets
+R@K = 0, never 100, and the result does not depend on sort stability or device. Published numbers
+were produced with ``torch.topk`` (arbitrary order among ties); with continuous scores the two agree.
+
+A query may have several positives (a product with several images): it counts as a hit at K when
+any positive ranks within the top K. Percentages (0-100) throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def best_positive_ranks(
+    queries: Tensor,
+    gallery: Tensor,
+    query_ids: Tensor,
+    gallery_ids: Tensor,
+    *,
+    query_groups: Tensor | None = None,
+    gallery_groups: Tensor | None = None,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """1-based rank of each query's best-scoring positive under dot-product similarity.
+
+    Args:
+        queries: ``[Q, D]`` query embeddings; gallery: ``[G, D]``.
+        query_ids, gallery_ids: ``[Q]``, ``[G]``; a gallery item is a positive when the ids are equal.
+        query_groups, gallery_groups: optional ``[Q]``, ``[G]``; gallery items of another group than
+            the query's are left out of its ranking (Polyvore OCIR ranks within the blank's category).
+        chunk_size: queries scored at once, bounding memory to ``chunk_size x G`` scores.
+
+    Returns:
+        ``[Q]`` long ranks; ``G + 1`` for a query without any positive in its gallery (always a miss).
+    """
+    if queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"embedding sizes differ: queries {queries.shape[1]}, gallery {gallery.shape[1]}")
+    if (query_groups is None) != (gallery_groups is None):
+        raise ValueError("give both query_groups and gallery_groups, or neither")
+    gallery_ids = gallery_ids.to(queries.device)
+    miss = gallery.shape[0] + 1
+    ranks = []
+    for start in range(0, queries.shape[0], chunk_size):
+        q = queries[start : start + chunk_size]
+        scores = (q @ gallery.T).float()  # [c, G]
+        if torch.isnan(scores).any():
+            raise ValueError("NaN similarity scores: the embeddings contain NaN")
+        positive = query_ids[start : start + chunk_size, None].to(q.device) == gallery_ids[None]
+        eligible = torch.ones_like(positive)
+        if query_groups is not None:
+            eligible = query_groups[start : start + chunk_size, None].to(q.device) == gallery_groups[None].to(
+                q.device
+            )
+        positive &= eligible
+        best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+        above = ((scores >= best) & eligible & ~positive).sum(dim=1)
+        ranks.append(torch.where(positive.any(dim=1), above + 1, torch.full_like(above, miss)))
+    return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long, device=queries.device)
+
+
+def recall_from_ranks(ranks: Tensor, ks: Sequence[int], weights: Tensor | None = None) -> dict[int, float]:
+    """R@K in percent from best-positive ranks; ``weights`` (``[Q]``, summing to 1) for class balance."""
+    if ranks.numel() == 0:
+        raise ValueError("no queries to evaluate")
+    if weights is None:
+        weights = torch.full(ranks.shape, 1.0 / ranks.numel(), device=ranks.device)
+    return {k: float(100.0 * (weights * (ranks <= k).to(weights.dtype)).sum()) for k in ks}
+
+
+def full_gallery_recall(
+    image_emb: Tensor,
+    image_ids: Tensor,
+    text_emb: Tensor,
+    text_ids: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Cross-modal recall over the whole gallery, both directions (the reference's ``r@k_general``).
+
+    Every image queries all texts and every text queries all images; positives share the product id,
+    so a product's several images are all positives for its text. Keys ``i2t_r@K``, ``t2i_r@K``,
+    ``rsum`` (sum of the six recalls) and ``mean`` (their mean).
+    """
+    out: dict[str, float] = {}
+    i2t = best_positive_ranks(image_emb, text_emb, image_ids, text_ids, chunk_size=chunk_size)
+    t2i = best_positive_ranks(text_emb, image_emb, text_ids, image_ids, chunk_size=chunk_size)
+    for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
+        for k, value in recall_from_ranks(ranks, ks).items():
+            out[f"{direction}_r@{k}"] = value
+    values = [v for key, v in out.items() if "_r@" in key]
+    out["rsum"] = float(sum(values))
+    out["mean"] = out["rsum"] / len(values)
+    return out

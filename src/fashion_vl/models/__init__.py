@@ -1,0 +1,1 @@
+"""Pure ``nn.Module``s: they know nothing of Lightning, Hydra or datasets."""

@@ -1,0 +1,1 @@
+"""Adapters around third-party backbones (timm CNNs, Hugging Face BERT) with one method vocabulary."""

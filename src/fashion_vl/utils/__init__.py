@@ -1,0 +1,1 @@
+"""Small shared helpers (rank-zero logging, rich output)."""

@@ -1,0 +1,128 @@
+"""The console scripts as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from fashion_vl.cli.data import main as fvl_data
+from fashion_vl.data.check import check_data_dir
+
+
+def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_synth_then_check_passes(tmp_path: Path) -> None:
+    out = tmp_path / "datasets"
+    assert (
+        fvl_data(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--size",
+                "tiny",
+                "--seed",
+                "3",
+                "--image-size",
+                "48",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((out / "synthetic_manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["counts"]["FashionGen/train"] == 48
+    assert fvl_data(["check", str(out)]) == 0
+    # same size and seed: nothing to do; an existing folder is never overwritten silently
+    assert (
+        fvl_data(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--size",
+                "tiny",
+                "--seed",
+                "3",
+                "--image-size",
+                "48",
+                "--skip-existing",
+            ]
+        )
+        == 0
+    )
+
+
+def test_check_finds_planted_problems(fixture_data: Path, capsys) -> None:
+    (fixture_data / "FashionGen" / "train" / "100124_0.png").unlink()
+    (fixture_data / "BigFACAD" / "images" / "b02" / "2232_0.jpg").write_bytes(b"garbage")
+    val = json.loads((fixture_data / "FashionGen" / "val_info.json").read_text())
+    val[0]["id"] = 100123  # a train product in val
+    val[1]["attributes_id"] = [2232]  # out of range
+    (fixture_data / "FashionGen" / "val_info.json").write_text(json.dumps(val))
+    reports = {(r.dataset, r.split): r for r in check_data_dir(fixture_data, workers=2)}
+    assert reports["FashionGen", "train"].missing == 1
+    assert reports["BigFACAD", "train"].corrupt == 1
+    problems = " ".join(reports["FashionGen", "val"].problems)
+    assert "also in split 'train'" in problems and ">= 2232" in problems
+    assert reports["FashionIQ", "dress.val"].ok and reports["PolyvoreOutfits", "ocir_disjoint_test"].ok
+    assert fvl_data(["check", str(fixture_data)]) == 1
+    assert "100124_0.png" in capsys.readouterr().err
+
+
+def test_check_an_empty_folder_fails(tmp_path: Path) -> None:
+    assert fvl_data(["check", str(tmp_path)]) == 1
+    assert fvl_data(["check", str(tmp_path / "nope")]) == 2
+
+
+def test_multirun_with_ddp_completes_every_job(tmp_path: Path, synth_dir: Path) -> None:
+    """Hydra -m plus Lightning DDP: each job's child rank must re-run that job, not the sweep."""
+    result = run(
+        "fvl-train", "-m", "experiment=demo_itc", "seed=1,2", "trainer=ddp_cpu", "trainer.max_steps=5",
+        f"paths.data_dir={synth_dir}", f"paths.log_dir={tmp_path}", "run_name=sweep", "image_size=56",
+        "resize_size=64", "data.batch_size=4", "data.num_workers=0", "~callbacks.rich_progress_bar",
+        "print_config=false", "logger=csv",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep = tmp_path / "train" / "multiruns" / "sweep"
+    for job, seed in ((0, 1), (1, 2)):
+        ckpt = torch.load(sweep / str(job) / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 5 and ckpt["fvl_config"]["seed"] == seed
+        assert ckpt["fvl_config"]["trainer"]["devices"] == 2
+    assert sorted(p.name for p in (tmp_path / "train" / "multiruns").iterdir()) == ["sweep"]
+    assert (
+        result.stdout.count("GLOBAL_RANK: 1, MEMBER: 2/2")
+        + result.stderr.count("GLOBAL_RANK: 1, MEMBER: 2/2")
+        == 2
+    )
+
+
+def test_fvl_train_reports_a_missing_data_folder_clearly(tmp_path: Path) -> None:
+    result = run(
+        "fvl-train",
+        "experiment=demo_itc",
+        f"paths.data_dir={tmp_path}/none",
+        f"paths.log_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert (
+        f"paths.data_dir={tmp_path}/none does not exist" in result.stderr
+        and "fvl-data synth" in result.stderr
+    )
+
+
+def test_module_entry_points(tmp_path: Path) -> None:
+    for module in ("fashion_vl.cli.train", "fashion_vl.cli.eval"):
+        result = run(sys.executable, "-m", module, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and "experiment" in result.stdout

@@ -1,0 +1,102 @@
+"""Every config group option composes and instantiates; experiments compose with the root configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from lightning import Callback, LightningDataModule, Trainer
+from lightning.pytorch.loggers import Logger
+
+from fashion_vl.cli._run import instantiate_list
+from tests.conftest import TINY_TRAIN, compose_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_configs_instantiate_and_set_up(data: str, tmp_path: Path, synth_dir: Path) -> None:
+    cfg = compose_config("train", [*TINY_TRAIN, f"data={data}"], tmp_path, synth_dir)
+    dm = instantiate(cfg.data, _convert_="partial")
+    assert isinstance(dm, LightningDataModule)
+    dm.setup("fit")
+    assert len(dm.train_set) > 0
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, 56, 56)
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_model_configs_build_offline(model: str, tmp_path: Path) -> None:
+    overrides = [
+        f"model={model}",
+        "model.image_encoder.pretrained=false",
+        "model.text_encoder.pretrained=false",
+    ]
+    cfg = compose_config("train", overrides, tmp_path)
+    if model == "fashionvil":  # real size: check the architecture without paying for the weights' init
+        assert (
+            cfg.model.image_encoder.name == "resnet50.tv_in1k"
+            and cfg.model.text_encoder.name == "bert-base-uncased"
+        )
+        return
+    net = instantiate(cfg.model, _convert_="all")
+    assert net.vocab_size == cfg.model.text_encoder.vocab_size
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_trainer_configs_instantiate(trainer: str, tmp_path: Path) -> None:
+    cfg = compose_config(
+        "train", [f"trainer={trainer}", "trainer.accelerator=cpu", "trainer.precision=32-true"], tmp_path
+    )
+    assert cfg.trainer.use_distributed_sampler is False  # our samplers shard themselves
+    if "ddp" in trainer:
+        assert cfg.trainer.strategy.find_unused_parameters is True
+        return  # building a DDP trainer here would start processes
+    assert isinstance(instantiate(cfg.trainer), Trainer)
+
+
+@pytest.mark.parametrize("callbacks", options("callbacks"))
+def test_callback_configs_instantiate(callbacks: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"callbacks={callbacks}"], tmp_path)
+    assert all(isinstance(c, Callback) for c in instantiate_list(cfg.callbacks, "callbacks"))
+
+
+@pytest.mark.parametrize("logger", [o for o in options("logger") if o not in ("wandb", "many")])
+def test_logger_configs_instantiate(logger: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", [f"logger={logger}"], tmp_path)
+    assert all(isinstance(lg, Logger) for lg in instantiate_list(cfg.logger, "logger"))
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
+    for root in ("train", "eval"):
+        cfg = compose_config(root, [f"experiment={experiment}"], tmp_path)
+        assert cfg.experiment_name == experiment
+
+
+@pytest.mark.parametrize("debug", options("debug"))
+def test_debug_configs_compose(debug: str, tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=demo_itc", f"debug={debug}"], tmp_path)
+    assert cfg.data.num_workers == 0
+
+
+def test_hparams_search_is_a_multirun(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=demo_itc", "hparams_search=lr_sweep"], tmp_path)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN" and "lit.optimizer.lr" in cfg.hydra.sweeper.params
+
+
+def test_cli_group_override_beats_experiment(tmp_path: Path) -> None:
+    cfg = compose_config("train", ["experiment=demo_itc", "trainer=ddp_cpu"], tmp_path)
+    assert cfg.trainer.strategy._target_.endswith("DDPStrategy") and cfg.trainer.devices == 2
