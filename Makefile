@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 DATA ?= data/synthetic
 SEED ?= 0
 export TOKENIZERS_PARALLELISM := false
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: install demo test test-all lint format clean help
 

@@ -14,6 +14,13 @@ from fashion_vl.cli.data import main as fvl_data
 from fashion_vl.data.check import check_data_dir
 
 
+def script(name: str) -> str:
+    """A console script of the environment running the tests (which may not be on PATH)."""
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{name} is not installed next to {sys.executable}: pip install -e ."
+    return str(path)
+
+
 def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -87,7 +94,7 @@ def test_check_an_empty_folder_fails(tmp_path: Path) -> None:
 def test_multirun_with_ddp_completes_every_job(tmp_path: Path, synth_dir: Path) -> None:
     """Hydra -m plus Lightning DDP: each job's child rank must re-run that job, not the sweep."""
     result = run(
-        "fvl-train", "-m", "experiment=demo_itc", "seed=1,2", "trainer=ddp_cpu", "trainer.max_steps=5",
+        script("fvl-train"), "-m", "experiment=demo_itc", "seed=1,2", "trainer=ddp_cpu", "trainer.max_steps=5",
         f"paths.data_dir={synth_dir}", f"paths.log_dir={tmp_path}", "run_name=sweep", "image_size=56",
         "resize_size=64", "data.batch_size=4", "data.num_workers=0", "~callbacks.rich_progress_bar",
         "print_config=false", "logger=csv",
@@ -109,7 +116,7 @@ def test_multirun_with_ddp_completes_every_job(tmp_path: Path, synth_dir: Path) 
 
 def test_fvl_train_reports_a_missing_data_folder_clearly(tmp_path: Path) -> None:
     result = run(
-        "fvl-train",
+        script("fvl-train"),
         "experiment=demo_itc",
         f"paths.data_dir={tmp_path}/none",
         f"paths.log_dir={tmp_path}",

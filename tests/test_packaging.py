@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import sys
 import tomllib
 from pathlib import Path
 
@@ -26,4 +26,6 @@ def test_every_package_and_config_group_is_listed_in_pyproject() -> None:
 
 def test_console_scripts_are_installed() -> None:
     for script in ("fvl-train", "fvl-eval", "fvl-data"):
-        assert shutil.which(script), f"{script} not on PATH: reinstall with pip install -e ."
+        assert (Path(sys.executable).parent / script).is_file(), (
+            f"{script} missing: reinstall with pip install -e ."
+        )

@@ -57,4 +57,6 @@ def results_table(
 
 
 def print_table(table: Table) -> None:
-    Console(width=max(100, Console().width)).print(table)
+    """Print without wrapping cells, also when stdout is a log file (rich assumes 80 columns there)."""
+    console = Console()
+    console.print(table, width=max(console.width, 160) if not console.is_terminal else None)
