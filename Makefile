@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: install demo test test-all lint format clean help
 
 help:
-	@echo "make demo      install, generate synthetic data, train + evaluate the ITC demo, print the table"
+	@echo "make demo      install, synthetic data, pre-train, fine-tune 5 tasks (random init vs pre-trained), print the table"
 	@echo "make test      install and run the fast test suite (what CI runs)"
 	@echo "make test-all  also the slow tests (learning, multi-process, multirun)"
 	@echo "make lint      ruff"
@@ -23,14 +23,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole pipeline on the synthetic data: pre-training (six tasks), then each fine-tuning task from
+# random init and from the pre-trained checkpoint (one Hydra multirun), then the results table.
+PRETRAIN_CKPT := logs/train/runs/demo_pretrain/checkpoints/last.ckpt
+FINETUNES := demo_finetune_retrieval,demo_finetune_composition_fashioniq,demo_finetune_composition_fashion200k,demo_finetune_classification,demo_finetune_outfit
+DEMO_ARGS := paths.data_dir=$(CURDIR)/$(DATA) print_config=false
+
 demo: install
 	$(BIN)/fvl-data synth --out $(DATA) --size small --seed $(SEED) --skip-existing
-	$(BIN)/fvl-train experiment=demo_itc paths.data_dir=$(CURDIR)/$(DATA) run_name=demo print_config=false
-	$(BIN)/fvl-eval experiment=demo_itc paths.data_dir=$(CURDIR)/$(DATA) run_name=demo_trained \
-		ckpt_path=logs/train/runs/demo/checkpoints/last.ckpt
-	$(BIN)/fvl-eval experiment=demo_itc paths.data_dir=$(CURDIR)/$(DATA) run_name=demo_random
-	$(BIN)/python scripts/demo_report.py --trained logs/eval/runs/demo_trained/metrics.json \
-		--random logs/eval/runs/demo_random/metrics.json
+	rm -rf logs/train/runs/demo_pretrain logs/eval/runs/demo_pretrain_random logs/train/multiruns/demo_finetune
+	$(BIN)/fvl-train experiment=demo_pretrain run_name=demo_pretrain $(DEMO_ARGS)
+	$(BIN)/fvl-eval experiment=demo_pretrain run_name=demo_pretrain_random $(DEMO_ARGS)
+	$(BIN)/fvl-train -m experiment=$(FINETUNES) model.init_from=$(CURDIR)/$(PRETRAIN_CKPT),null \
+		run_name=demo_finetune $(DEMO_ARGS) '~callbacks.rich_progress_bar'
+	$(BIN)/python scripts/demo_report.py --data $(DATA) --pretrain logs/train/runs/demo_pretrain \
+		--pretrain-random logs/eval/runs/demo_pretrain_random --finetune logs/train/multiruns/demo_finetune \
+		--out logs/demo_results.json
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -q

@@ -22,7 +22,8 @@ def script(name: str) -> str:
 
 
 def run(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "FVL_ROOT"}
+    env.update(HYDRA_FULL_ERROR="1", PYTHONUNBUFFERED="1")
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -95,18 +96,18 @@ def test_multirun_with_ddp_completes_every_job(tmp_path: Path, synth_dir: Path) 
     """Hydra -m plus Lightning DDP: each job's child rank must re-run that job, not the sweep."""
     result = run(
         script("fvl-train"), "-m", "experiment=demo_itc", "seed=1,2", "trainer=ddp_cpu", "trainer.max_steps=5",
-        f"paths.data_dir={synth_dir}", f"paths.log_dir={tmp_path}", "run_name=sweep", "image_size=56",
+        f"paths.data_dir={synth_dir}", "run_name=sweep", "image_size=56",
         "resize_size=64", "data.batch_size=4", "data.num_workers=0", "~callbacks.rich_progress_bar",
         "print_config=false", "logger=csv",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    sweep = tmp_path / "train" / "multiruns" / "sweep"
+    sweep = tmp_path / "logs" / "train" / "multiruns" / "sweep"  # default paths: under the working directory
     for job, seed in ((0, 1), (1, 2)):
         ckpt = torch.load(sweep / str(job) / "checkpoints" / "last.ckpt", weights_only=True)
         assert ckpt["global_step"] == 5 and ckpt["fvl_config"]["seed"] == seed
         assert ckpt["fvl_config"]["trainer"]["devices"] == 2
-    assert sorted(p.name for p in (tmp_path / "train" / "multiruns").iterdir()) == ["sweep"]
+    assert sorted(p.name for p in (tmp_path / "logs" / "train" / "multiruns").iterdir()) == ["sweep"]
     assert (
         result.stdout.count("GLOBAL_RANK: 1, MEMBER: 2/2")
         + result.stderr.count("GLOBAL_RANK: 1, MEMBER: 2/2")

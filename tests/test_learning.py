@@ -45,6 +45,6 @@ def test_itc_learns_on_synthetic_fashiongen(tmp_path: Path) -> None:
         cfg = compose_config("eval", [*eval_overrides, f"ckpt_path={ckpt or 'null'}"], tmp_path / name, data)
         results[name] = evaluate(cfg)[0]
     chance = 10.0
-    trained, random_init = results["trained"]["test/t2i_r@10"], results["random"]["test/t2i_r@10"]
+    trained, random_init = results["trained"]["test/full/t2i_r@10"], results["random"]["test/full/t2i_r@10"]
     print(f"\ntext->image R@10: trained {trained:.1f}, random init {random_init:.1f}, chance {chance:.1f}")
     assert trained >= 3 * chance and trained >= 3 * random_init

@@ -100,4 +100,44 @@ def test_gallery_metric_drops_duplicate_rows() -> None:
         torch.tensor([0]),
     )
     # the duplicate key 0 (a padded shard) is dropped: the first row counts, the result stays perfect
-    assert metric.compute()["i2t_r@1"] == 100.0
+    assert metric.compute()["full/i2t_r@1"] == 100.0
+
+
+def test_sample100_perfect_embeddings_score_100_and_are_seeded() -> None:
+    from fashion_vl.metrics.retrieval import sample100_recall
+
+    n = 300
+    emb = torch.eye(n)
+    ids, groups = torch.arange(n), torch.arange(n) % 3
+    out = sample100_recall(emb, ids, groups, emb, ids, groups, num_queries=50, repeats=2, seed=1)
+    assert out["i2t_r@1"] == out["t2i_r@1"] == 100.0 and out["rsum"] == 600.0
+    noisy = emb + 0.9 * torch.randn(n, n, generator=torch.Generator().manual_seed(0))
+    a = sample100_recall(noisy, ids, groups, emb, ids, groups, num_queries=50, seed=4)
+    b = sample100_recall(noisy, ids, groups, emb, ids, groups, num_queries=50, seed=4)
+    assert a == b and a["i2t_r@1"] < 100.0
+
+
+def test_sample100_ranks_only_among_candidates() -> None:
+    from fashion_vl.metrics.retrieval import sample100_ranks
+
+    # one query (id 0, group 0); gallery: its positive, 100 same-group negatives scoring below it,
+    # and 50 other-group items scoring far above it. With 100 same-group negatives available, no
+    # other-group item is a candidate, so the positive ranks first.
+    query = torch.tensor([[1.0]])
+    gallery = torch.cat([torch.tensor([[0.5]]), torch.full((100, 1), 0.1), torch.full((50, 1), 9.0)])
+    g_ids = torch.arange(151)
+    g_groups = torch.cat([torch.zeros(101, dtype=torch.long), torch.ones(50, dtype=torch.long)])
+    ranks = sample100_ranks(
+        query, gallery, torch.tensor([0]), g_ids, torch.tensor([0]), g_groups, generator=torch.Generator()
+    )
+    assert ranks.tolist() == [1]
+    # with only 60 same-group negatives, 40 other-group items fill the candidates: rank 41
+    gallery, g_ids, g_groups = (
+        gallery[[*range(61), *range(101, 151)]],
+        g_ids[:111],
+        g_groups[[*range(61), *range(101, 151)]],
+    )
+    ranks = sample100_ranks(
+        query, gallery, torch.tensor([0]), g_ids, torch.tensor([0]), g_groups, generator=torch.Generator()
+    )
+    assert ranks.tolist() == [41]

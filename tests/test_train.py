@@ -26,7 +26,7 @@ def test_train_writes_checkpoints_that_load_safely(cfg_train: DictConfig) -> Non
     with open_dict(cfg_train):
         cfg_train.trainer.max_steps = 6  # one epoch: validation runs at its end
     metrics, _ = train(cfg_train)
-    assert "train/itc_loss" in metrics and "val/rsum" in metrics
+    assert "train/itc_loss" in metrics and "val/full/rsum" in metrics and "val/sample100/rsum" in metrics
     last = Path(cfg_train.paths.output_dir) / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=True)  # no pickled objects in our checkpoints
     assert checkpoint["global_step"] == 6
@@ -132,8 +132,13 @@ def test_eval_writes_metrics_json_for_checkpoint_and_random_init(tmp_path: Path,
         cfg = compose_config("eval", [*eval_overrides, f"ckpt_path={ckpt_path}"], tmp_path / name, synth_dir)
         metrics, _ = evaluate(cfg)
         payload = json.loads((tmp_path / name / "metrics.json").read_text())
-        assert payload["metrics"] == metrics and 0.0 <= metrics["test/t2i_r@10"] <= 100.0
-        assert set(metrics) >= {"test/i2t_r@1", "test/t2i_r@10", "test/rsum"}
+        assert payload["metrics"] == metrics and 0.0 <= metrics["test/full/t2i_r@10"] <= 100.0
+        assert set(metrics) >= {
+            "test/full/i2t_r@1",
+            "test/full/t2i_r@10",
+            "test/full/rsum",
+            "test/sample100/rsum",
+        }
 
 
 def test_eval_refuses_a_missing_checkpoint(tmp_path: Path, synth_dir: Path) -> None:

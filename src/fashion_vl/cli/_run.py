@@ -71,6 +71,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     """``null``: start fresh; ``last``: this run's ``checkpoints/last.ckpt`` if it exists (auto-resume,
     e.g. after a pre-emption with a fixed ``run_name``), else start fresh; anything else: a file."""
     if ckpt_path is None:
+        if (Path(output_dir) / "checkpoints" / "last.ckpt").is_file():
+            log.warning(
+                "%s already holds a run; starting a fresh one there (its checkpoints will be replaced). "
+                "Use ckpt_path=last to resume it instead.",
+                output_dir,
+            )
         return None
     if ckpt_path == "last":
         last = Path(output_dir) / "checkpoints" / "last.ckpt"

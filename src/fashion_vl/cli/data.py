@@ -3,6 +3,7 @@
 Subcommands:
   synth   write procedurally generated datasets in the real on-disk formats
   check   validate a data folder (formats, images, ids, splits) and print a summary
+  attributes  mine a pseudo-attribute vocabulary from the product texts and rewrite attributes_id
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ def cmd_synth(args: argparse.Namespace) -> int:
     manifest_path = out / "synthetic_manifest.json"
     if args.skip_existing and manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        if (manifest.get("seed"), manifest.get("size"), manifest.get("image_size")) == (
-            args.seed,
-            args.size,
-            args.image_size,
-        ):
+        from fashion_vl.data.synth.generate import GENERATOR_VERSION
+
+        wanted = (args.seed, args.size, args.image_size, GENERATOR_VERSION)
+        if (
+            manifest.get("seed"),
+            manifest.get("size"),
+            manifest.get("image_size"),
+            manifest.get("version"),
+        ) == wanted:
             console.print(
                 f"[green]{out} already holds synthetic data (size={args.size}, seed={args.seed}); skipping"
             )
@@ -95,6 +100,36 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_attributes(args: argparse.Namespace) -> int:
+    from fashion_vl.data.attributes import write_attributes
+
+    try:
+        summary = write_attributes(
+            args.data_dir,
+            datasets=args.datasets.split(","),
+            vocab_size=args.vocab_size,
+            min_count=args.min_count,
+            max_ngram=args.max_ngram,
+            out_vocab=args.out_vocab,
+            backup=args.backup,
+            dry_run=args.dry_run,
+        )
+    except (FileNotFoundError, ValueError) as err:  # DataFormatError is a ValueError
+        console.print(str(err), style="red", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    print_table(results_table(f"fvl-data attributes {args.data_dir}", [s.row() for s in summary.splits]))
+    head = ", ".join(summary.vocabulary[:12]) + (", ..." if summary.vocab_size > 12 else "")
+    saved = "dry run: nothing written" if summary.dry_run else f"saved to {summary.vocab_path}"
+    for line in (
+        f"{summary.vocab_size} attributes (min count {args.min_count}, up to {args.max_ngram}-grams), {saved}",
+        f"most frequent: {head}",
+        f"ids are < {summary.vocab_size}: train with data.num_attributes (the PAC head's num_classes) "
+        f">= {summary.vocab_size}; the reference head has 2232",
+    ):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fvl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -124,6 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=8, help="threads reading images")
     p.add_argument("--num-attributes", type=int, default=2232, help="size of the pseudo-attribute vocabulary")
     p.set_defaults(fn=cmd_check)
+    p = sub.add_parser(
+        "attributes",
+        help="mine pseudo-attributes (PAC targets) from the product texts and rewrite attributes_id",
+        description="Fit a vocabulary of frequent attribute words and n-grams on the train splits' texts "
+        "(see fashion_vl.data.attributes), save it as <data_dir>/attributes_vocab.json and rewrite "
+        "attributes_id in every split of the chosen product datasets; other fields are kept.",
+    )
+    p.add_argument("data_dir", help="the datasets/ folder (paths.data_dir)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=2232,
+        help="most attributes to keep (default 2232, the reference PAC head); with another value the PAC "
+        "head's num_classes (data.num_attributes) must match",
+    )
+    p.add_argument(
+        "--min-count", type=int, default=5, help="keep attributes found in >= this many train products"
+    )
+    p.add_argument("--max-ngram", type=int, default=2, help="longest attribute in words (default 2)")
+    p.add_argument(
+        "--datasets",
+        default="fashiongen,bigfacad,fashion200k,polyvore",
+        help="comma-separated subset of fashiongen,bigfacad,fashion200k,polyvore (absent ones are skipped)",
+    )
+    p.add_argument(
+        "--out-vocab", default=None, help="vocabulary file (default <data_dir>/attributes_vocab.json)"
+    )
+    p.add_argument("--backup", action="store_true", help="keep each original file as <name>.orig.json")
+    p.add_argument("--dry-run", action="store_true", help="compute and print the summary, write nothing")
+    p.set_defaults(fn=cmd_attributes)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +56,33 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             )
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if cfg.get("test"):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            best = next(
+                (c.best_model_path for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), ""
+            )
             trainer.test(lit, datamodule=datamodule, ckpt_path=best or None)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     finally:
         reset_distributed()
-    if trainer.is_global_zero and trainer.checkpoint_callback is not None:
-        log.info("checkpoints in %s", Path(trainer.checkpoint_callback.dirpath or ""))
+    if trainer.is_global_zero:
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", cfg, metrics, trainer)
     return metrics, objects
+
+
+def write_metrics(path: Path, cfg: DictConfig, metrics: dict[str, float], trainer: Any) -> None:
+    """The run's final metrics, what it started from and where its checkpoints are, as JSON."""
+    last = next((c for c in trainer.checkpoint_callbacks if getattr(c, "save_last", False)), None)
+    best = next((c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None)
+    payload = {
+        "experiment": cfg.get("experiment_name"),
+        "init_from": cfg.model.get("init_from"),
+        "global_step": trainer.global_step,
+        "metrics": metrics,
+        "last_checkpoint": str(Path(last.dirpath) / "last.ckpt") if last and last.dirpath else None,
+        "best_checkpoint": best.best_model_path if best else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    log.info("metrics written to %s", path)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_ROOT, config_name="train")

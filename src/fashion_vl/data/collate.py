@@ -14,11 +14,23 @@ category_id       long ``[B]``           -1 where the dataset has none
 subcategory_id    long ``[B]``           -1 where the dataset has none
 attributes        ``list[tuple[int]]``   pseudo-attribute ids of each product
 bad_images        ``list[str]``          images skipped while building the batch
+mlm_input_ids     long ``[B,L]``         (pre-training) ``input_ids`` with whole words masked
+mlm_labels        long ``[B,L]``         (pre-training) original ids where masked, -100 elsewhere
+patch_mask        bool ``[B,N]``         (pre-training) grid cells to mask for MPFC
+attribute_targets float ``[B,A]``        (pre-training) PAC soft targets, zeros without attributes
 ================  =====================  ==================================================
 
+Composed retrieval batches (:class:`ComposedCollator`): training ``reference_image``, ``target_image``
+``[B,3,H,W]`` and the text keys; evaluation ``query_image`` ``[Q,3,H,W]`` with the text keys and
+``query_positive``/``query_group``/``query_exclude`` ``[Q]``, and ``gallery_image`` ``[G,3,H,W]`` with
+``gallery_key``/``gallery_positive``/``gallery_group`` ``[G]`` (either part may be empty).
+
 Gallery batches (:class:`GalleryCollator`, evaluation) keep the text keys and replace the image keys
-by every image of the batch's products: ``image`` ``[N,3,H,W]``, ``image_product_id`` ``[N]`` and
-``image_key`` ``[N]`` (unique per image of the split).
+by every image of the batch's products: ``image`` ``[N,3,H,W]``, ``image_product_id`` ``[N]``,
+``image_key`` ``[N]`` (unique per image of the split), ``image_subcategory_id`` ``[N]`` and
+``image_text_index`` ``[N]`` (the row of the image's product text in the batch). With a DataModule
+``label`` (classification), training batches carry ``labels`` ``[B]`` and gallery batches
+``image_labels`` ``[N]``.
 """
 
 from __future__ import annotations
@@ -28,6 +40,8 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+from fashion_vl.data.masking import BlockMasking, WholeWordMasking, soft_attribute_targets
 
 
 class TextTokenizer:
@@ -64,10 +78,25 @@ def _long(samples: Sequence[dict[str, Any]], key: str) -> torch.Tensor:
 
 
 class ImageTextCollator:
-    """Batches :class:`~fashion_vl.data.datasets.ProductDataset` samples."""
+    """Batches :class:`~fashion_vl.data.datasets.ProductDataset` samples.
 
-    def __init__(self, text: TextTokenizer) -> None:
+    With ``mlm``, ``patch_masking`` or ``num_attributes`` it also builds the pre-training inputs; every
+    random choice comes from the samples' own seeds, so a batch is the same whoever collates it.
+    """
+
+    def __init__(
+        self,
+        text: TextTokenizer,
+        mlm: WholeWordMasking | None = None,
+        patch_masking: BlockMasking | None = None,
+        num_attributes: int | None = None,
+        label: str | None = None,
+    ) -> None:
         self.text = text
+        self.label = label
+        self.mlm = mlm.bind(text.tokenizer) if mlm is not None else None
+        self.patch_masking = patch_masking
+        self.num_attributes = num_attributes
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
@@ -78,14 +107,28 @@ class ImageTextCollator:
             batch[key] = _long(samples, key)
         batch["attributes"] = [tuple(s["attributes"]) for s in samples]
         batch["bad_images"] = [path for s in samples for path in s["bad_images"]]
+        if self.label is not None:
+            batch["labels"] = batch[f"{self.label}_id"]
+        seeds = [s["seed"] for s in samples]
+        if self.mlm is not None:
+            batch["mlm_input_ids"], batch["mlm_labels"] = self.mlm(
+                batch["input_ids"], batch["attention_mask"], seeds
+            )
+        if self.patch_masking is not None:
+            batch["patch_mask"] = self.patch_masking(seeds)
+        if self.num_attributes is not None:
+            batch["attribute_targets"] = soft_attribute_targets(
+                batch["attributes"], self.num_attributes, [s["product_id"] for s in samples]
+            )
         return batch
 
 
 class GalleryCollator:
     """Batches :class:`~fashion_vl.data.datasets.ProductGalleryDataset` samples, flattening images."""
 
-    def __init__(self, text: TextTokenizer) -> None:
+    def __init__(self, text: TextTokenizer, label: str | None = None) -> None:
         self.text = text
+        self.label = label
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         images = [img for s in samples for img in s["images"]]
@@ -95,9 +138,55 @@ class GalleryCollator:
                 [s["product_id"] for s in samples for _ in s["images"]], dtype=torch.long
             ),
             "image_key": torch.tensor([k for s in samples for k in s["image_keys"]], dtype=torch.long),
+            "image_subcategory_id": torch.tensor(
+                [s["subcategory_id"] for s in samples for _ in s["images"]], dtype=torch.long
+            ),
+            "image_text_index": torch.tensor(
+                [i for i, s in enumerate(samples) for _ in s["images"]], dtype=torch.long
+            ),
         }
         batch.update(self.text([s["text"] for s in samples]))
         for key in ("product_id", "category_id", "subcategory_id"):
             batch[key] = _long(samples, key)
+        if self.label is not None:
+            batch["image_labels"] = batch[f"{self.label}_id"][batch["image_text_index"]]
         batch["bad_images"] = [path for s in samples for path in s["bad_images"]]
+        return batch
+
+
+class ComposedCollator:
+    """Batches composed-retrieval samples (training pairs or evaluation items)."""
+
+    def __init__(self, text: TextTokenizer) -> None:
+        self.text = text
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        bad = [path for s in samples for path in s["bad_images"]]
+        if "reference_image" in samples[0]:
+            batch = {
+                "reference_image": torch.stack([s["reference_image"] for s in samples]),
+                "target_image": torch.stack([s["target_image"] for s in samples]),
+                **self.text([s["text"] for s in samples]),
+            }
+            batch["bad_images"] = bad
+            return batch
+        queries = [s["query"] for s in samples if "query" in s]
+        gallery = [s["gallery"] for s in samples if "gallery" in s]
+        batch = {"bad_images": bad}
+        batch["query_image"] = torch.stack([img for img, _ in queries]) if queries else torch.empty(0)
+        batch.update(
+            self.text([q.text for _, q in queries])
+            if queries
+            else {
+                "input_ids": torch.empty(0, 0, dtype=torch.long),
+                "attention_mask": torch.empty(0, 0, dtype=torch.long),
+            }
+        )
+        for field in ("positive", "group", "exclude"):
+            batch[f"query_{field}"] = torch.tensor([getattr(q, field) for _, q in queries], dtype=torch.long)
+        batch["gallery_image"] = torch.stack([img for img, _ in gallery]) if gallery else torch.empty(0)
+        for field in ("key", "positive", "group"):
+            batch[f"gallery_{field}"] = torch.tensor(
+                [getattr(g, field) for _, g in gallery], dtype=torch.long
+            )
         return batch

@@ -4,7 +4,8 @@ so Lightning checkpoints their position and a killed run resumes mid-epoch on th
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,9 +14,21 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from fashion_vl.data.collate import GalleryCollator, ImageTextCollator, TextTokenizer
+from fashion_vl.data.collate import ComposedCollator, GalleryCollator, ImageTextCollator, TextTokenizer
+from fashion_vl.data.composed import (
+    ComposedEvalDataset,
+    ComposedTrainDataset,
+    fashion200k_eval_items,
+    fashion200k_pairs,
+    fashioniq_eval_items,
+    fashioniq_pairs,
+)
 from fashion_vl.data.datasets import ImageReader, ProductDataset, ProductGalleryDataset
-from fashion_vl.data.formats.products import ProductSource
+from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES
+from fashion_vl.data.formats.polyvore import polyvore_dir, read_ocir, read_polyvore_metadata
+from fashion_vl.data.formats.products import Fashion200kSource, ProductSource
+from fashion_vl.data.masking import BlockMasking, WholeWordMasking
+from fashion_vl.data.outfits import OutfitEvalDataset, OutfitPairDataset, collate_outfits
 from fashion_vl.data.samplers import ShardedSampler
 from fashion_vl.losses._dist import world_size
 from fashion_vl.models.encoders.text import load_tokenizer
@@ -131,6 +144,11 @@ class ProductDataModule(FashionDataModule):
             uniformly (the reference: a shuffled concatenation).
         samples_per_epoch: epoch length over all ranks when sampling by weights (default: all products).
         num_views: images per training sample (2 for multi-view contrastive learning).
+        mlm: whole-word masking for MLM (pre-training); adds ``mlm_input_ids``/``mlm_labels``.
+        patch_masking: block masking of the feature grid for MPFC; adds ``patch_mask``.
+        num_attributes: size of the pseudo-attribute vocabulary for PAC; adds ``attribute_targets``.
+        label: ``subcategory`` or ``category``: classification targets (``labels`` in batches); every
+            product of the sources must have that id (FashionGen does).
     """
 
     def __init__(
@@ -141,9 +159,19 @@ class ProductDataModule(FashionDataModule):
         source_weights: Mapping[str, float] | None = None,
         samples_per_epoch: int | None = None,
         num_views: int = 1,
+        mlm: WholeWordMasking | None = None,
+        patch_masking: BlockMasking | None = None,
+        num_attributes: int | None = None,
+        label: str | None = None,
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        if label not in (None, "subcategory", "category"):
+            raise ValueError(f"data.label must be 'subcategory', 'category' or null, not {label!r}")
+        self.label = label
+        self.mlm = mlm
+        self.patch_masking = patch_masking
+        self.num_attributes = num_attributes
         self.train_sources = dict(train_sources or {})
         self.val_source = val_source
         self.test_source = test_source or val_source
@@ -157,6 +185,7 @@ class ProductDataModule(FashionDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_set is None and self.train_sources:
             tables = [source.read() for source in self.train_sources.values()]
+            self._check_labels(tables)
             self.train_set = ProductDataset(tables, self.train_transform, self.num_views, self.reader)
             log.info("training products: %s", self.train_set.source_sizes())
         if stage in ("fit", "validate", None) and self.val_set is None and self.val_source is not None:
@@ -164,12 +193,23 @@ class ProductDataModule(FashionDataModule):
         if stage in ("test", None) and self.test_set is None and self.test_source is not None:
             self.test_set = ProductGalleryDataset(self.test_source.read(), self.eval_transform, self.reader)
 
+    def _check_labels(self, tables: list) -> None:
+        if self.label is None:
+            return
+        for table in tables:
+            bad = [p.id for p in table.products if getattr(p, f"{self.label}_id") < 0]
+            if bad:
+                raise ValueError(
+                    f"data.label={self.label}: {table.dataset}/{table.split} has products without a "
+                    f"{self.label}_id (e.g. {bad[0]}); classification needs FashionGen-style labels"
+                )
+
     def train_dataloader(self) -> StatefulDataLoader:
         if self.train_set is None:
             raise RuntimeError("data.train_sources is empty: nothing to train on")
         return self.make_loader(
             self.train_set,
-            ImageTextCollator(self.text),
+            ImageTextCollator(self.text, self.mlm, self.patch_masking, self.num_attributes, self.label),
             train=True,
             weights=self.train_set.sampling_weights(self.source_weights),
             epoch_size=self.samples_per_epoch,
@@ -178,9 +218,126 @@ class ProductDataModule(FashionDataModule):
     def val_dataloader(self) -> StatefulDataLoader | list:
         if self.val_set is None:
             return []
-        return self.make_loader(self.val_set, GalleryCollator(self.text), train=False)
+        return self.make_loader(self.val_set, GalleryCollator(self.text, self.label), train=False)
 
     def test_dataloader(self) -> StatefulDataLoader:
         if self.test_set is None:
             raise RuntimeError("data.test_source and data.val_source are both empty: nothing to evaluate")
-        return self.make_loader(self.test_set, GalleryCollator(self.text), train=False)
+        return self.make_loader(self.test_set, GalleryCollator(self.text, self.label), train=False)
+
+
+class _ComposedDataModule(FashionDataModule):
+    """Shared loaders of the composed-retrieval DataModules (subclasses build the items)."""
+
+    train_set: ComposedTrainDataset | None
+    eval_set: ComposedEvalDataset | None
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        if self.train_set is None:
+            raise RuntimeError("setup('fit') first")
+        return self.make_loader(self.train_set, ComposedCollator(self.text), train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        if self.eval_set is None:
+            raise RuntimeError("setup('fit'/'validate') first")
+        return self.make_loader(self.eval_set, ComposedCollator(self.text), train=False)
+
+    test_dataloader = val_dataloader
+
+
+class FashionIQDataModule(_ComposedDataModule):
+    """FashionIQ text-guided image retrieval: train on every category's train triplets (the reference's
+    ``garment_class: all``), evaluate per category on val (FashionIQ's test split is its val split).
+
+    Args:
+        data_dir: the ``datasets/`` folder.
+        categories: subset of ``dress``, ``shirt``, ``toptee``.
+    """
+
+    def __init__(
+        self, data_dir: str, categories: Sequence[str] = FASHIONIQ_CATEGORIES, **common: Any
+    ) -> None:
+        super().__init__(**common)
+        self.data_dir = Path(data_dir).expanduser()
+        self.categories = tuple(categories)
+        self.train_set = None
+        self.eval_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = ComposedTrainDataset(
+                fashioniq_pairs(self.data_dir, self.categories), self.train_transform, self.reader
+            )
+        if self.eval_set is None:
+            self.eval_set = ComposedEvalDataset(
+                fashioniq_eval_items(self.data_dir, self.categories), self.eval_transform, self.reader
+            )
+
+
+class Fashion200kComposedDataModule(_ComposedDataModule):
+    """Fashion200k composed retrieval (TIRG protocol; see :mod:`fashion_vl.data.composed`).
+
+    Args:
+        data_dir: the ``datasets/`` folder.
+        max_eval_queries: evaluate a seeded random subset of the test queries (all when ``None``).
+    """
+
+    def __init__(self, data_dir: str, max_eval_queries: int | None = None, **common: Any) -> None:
+        super().__init__(**common)
+        self.data_dir = Path(data_dir).expanduser()
+        self.max_eval_queries = max_eval_queries
+        self.train_set = None
+        self.eval_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            pairs = fashion200k_pairs(Fashion200kSource(self.data_dir, "train").read())
+            self.train_set = ComposedTrainDataset(pairs, self.train_transform, self.reader)
+        if self.eval_set is None:
+            items = fashion200k_eval_items(
+                Fashion200kSource(self.data_dir, "test").read(), self.max_eval_queries, self.seed
+            )
+            self.eval_set = ComposedEvalDataset(items, self.eval_transform, self.reader)
+
+
+class PolyvoreOCIRDataModule(FashionDataModule):
+    """Polyvore Outfits complementary item retrieval (OCIR) for CSA-Net; no text.
+
+    Args:
+        data_dir: the ``datasets/`` folder.
+        variant: ``disjoint`` (no item shared between train and test) or ``nondisjoint``.
+    """
+
+    def __init__(self, data_dir: str, variant: str = "disjoint", **common: Any) -> None:
+        common.setdefault("tokenizer", "none")
+        super().__init__(**common)
+        self.data_dir = Path(data_dir).expanduser()
+        self.variant = variant
+        self.train_set: OutfitPairDataset | None = None
+        self.eval_set: OutfitEvalDataset | None = None
+
+    @property
+    def tokenizer(self) -> None:  # CSA-Net reads images only
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        categories = read_polyvore_metadata(self.data_dir)
+        images = polyvore_dir(self.data_dir) / "images"
+        if stage in ("fit", None) and self.train_set is None:
+            outfits = read_ocir(self.data_dir, self.variant, "train")
+            self.train_set = OutfitPairDataset(outfits, images, categories, self.train_transform, self.reader)
+        if self.eval_set is None:
+            entries = read_ocir(self.data_dir, self.variant, "test")
+            self.eval_set = OutfitEvalDataset(entries, images, categories, self.eval_transform, self.reader)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        if self.train_set is None:
+            raise RuntimeError("setup('fit') first")
+        return self.make_loader(self.train_set, collate_outfits, train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        if self.eval_set is None:
+            raise RuntimeError("setup() first")
+        return self.make_loader(self.eval_set, collate_outfits, train=False)
+
+    test_dataloader = val_dataloader

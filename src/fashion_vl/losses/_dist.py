@@ -39,3 +39,14 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def gather_padded(x: torch.Tensor, pad_value: int | float) -> torch.Tensor:
+    """Gather ``[B, L_rank]`` tensors whose ``L`` differs across ranks: pad to the longest, then gather."""
+    if world_size() == 1:
+        return x
+    length = torch.tensor([x.shape[1]], device=x.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    padded = torch.nn.functional.pad(x, (0, int(length.item()) - x.shape[1]), value=pad_value)
+    return gather_no_grad(padded)

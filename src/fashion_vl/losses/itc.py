@@ -43,3 +43,16 @@ class ContrastiveLoss(nn.Module):
         if self.symmetric:
             loss = 0.5 * (loss + F.cross_entropy(b @ a_all.T, labels))
         return loss
+
+
+class ItcLoss(nn.Module):
+    """ITC as a pre-training objective: image-only vs text-only embeddings, :class:`ContrastiveLoss`."""
+
+    def __init__(self, net: nn.Module, loss: ContrastiveLoss | None = None) -> None:
+        super().__init__()
+        self.loss = loss or ContrastiveLoss()
+
+    def forward(self, net: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        image = net.encode_image(batch["image"], normalize=True)
+        text = net.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
+        return {"loss": self.loss(image, text)}

@@ -9,10 +9,12 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from fashion_vl.metrics.retrieval import full_gallery_recall
+from fashion_vl.metrics.retrieval import full_gallery_recall, sample100_recall
+
+PROTOCOLS = ("full", "sample100")
 
 
-def _unique_rows(keys: Tensor) -> Tensor:
+def unique_rows(keys: Tensor) -> Tensor:
     """Indices of the first occurrence of each key (duplicates appear when a sampler pads shards)."""
     order = torch.argsort(keys, stable=True)
     sorted_keys = keys[order]
@@ -22,42 +24,84 @@ def _unique_rows(keys: Tensor) -> Tensor:
 
 
 class CrossModalGalleryRecall(Metric):
-    """Full-gallery image<->text recall@K over everything seen in an epoch.
+    """Image<->text recall@K over everything seen in an epoch, under one or both protocols.
 
-    ``update`` takes a batch of image embeddings with their product ids and a unique key per image,
-    and a batch of text embeddings with their product ids. ``compute`` gathers all ranks' rows
-    (torchmetrics pads uneven shards), drops duplicate keys, and returns
-    :func:`~fashion_vl.metrics.retrieval.full_gallery_recall`.
+    ``update`` takes image embeddings with their product ids, a unique key per image and their
+    sub-category, and text embeddings with their product ids and sub-category. ``compute`` gathers all
+    ranks' rows (torchmetrics pads uneven shards), drops duplicate keys and returns
+    ``{"<protocol>/<metric>": value}`` for each protocol:
+
+    - ``full``: the whole gallery (:func:`~fashion_vl.metrics.retrieval.full_gallery_recall`);
+    - ``sample100``: 1 positive + 100 same-sub-category negatives, 1000 queries, 5 seeded rounds
+      (:func:`~fashion_vl.metrics.retrieval.sample100_recall`).
     """
 
     full_state_update = False
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10), chunk_size: int = 1024, **kwargs) -> None:
+    def __init__(
+        self,
+        ks: Sequence[int] = (1, 5, 10),
+        protocols: Sequence[str] = ("full",),
+        chunk_size: int = 1024,
+        seed: int = 0,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
+        unknown = set(protocols) - set(PROTOCOLS)
+        if unknown:
+            raise ValueError(f"unknown retrieval protocols {sorted(unknown)}; choose from {PROTOCOLS}")
         self.ks = tuple(ks)
+        self.protocols = tuple(protocols)
         self.chunk_size = chunk_size
-        for name in ("image_emb", "image_ids", "image_keys", "text_emb", "text_ids"):
+        self.seed = seed
+        for name in (
+            "image_emb",
+            "image_ids",
+            "image_keys",
+            "image_groups",
+            "text_emb",
+            "text_ids",
+            "text_groups",
+        ):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(
-        self, image_emb: Tensor, image_ids: Tensor, image_keys: Tensor, text_emb: Tensor, text_ids: Tensor
+        self,
+        image_emb: Tensor,
+        image_ids: Tensor,
+        image_keys: Tensor,
+        text_emb: Tensor,
+        text_ids: Tensor,
+        image_groups: Tensor | None = None,
+        text_groups: Tensor | None = None,
     ) -> None:
         self.image_emb.append(image_emb.detach().float())
         self.image_ids.append(image_ids.detach())
         self.image_keys.append(image_keys.detach())
+        self.image_groups.append(
+            image_groups.detach() if image_groups is not None else torch.zeros_like(image_ids)
+        )
         self.text_emb.append(text_emb.detach().float())
         self.text_ids.append(text_ids.detach())
+        self.text_groups.append(
+            text_groups.detach() if text_groups is not None else torch.zeros_like(text_ids)
+        )
 
     def compute(self) -> dict[str, float]:
-        image_keys = dim_zero_cat(self.image_keys)
+        keep_i = unique_rows(dim_zero_cat(self.image_keys))
         text_ids = dim_zero_cat(self.text_ids)
-        keep_i = _unique_rows(image_keys)
-        keep_t = _unique_rows(text_ids)
-        return full_gallery_recall(
-            dim_zero_cat(self.image_emb)[keep_i],
-            dim_zero_cat(self.image_ids)[keep_i],
-            dim_zero_cat(self.text_emb)[keep_t],
-            text_ids[keep_t],
-            ks=self.ks,
-            chunk_size=self.chunk_size,
-        )
+        keep_t = unique_rows(text_ids)
+        image = (dim_zero_cat(self.image_emb)[keep_i], dim_zero_cat(self.image_ids)[keep_i])
+        text = (dim_zero_cat(self.text_emb)[keep_t], text_ids[keep_t])
+        out: dict[str, float] = {}
+        if "full" in self.protocols:
+            values = full_gallery_recall(*image, *text, ks=self.ks, chunk_size=self.chunk_size)
+            out.update({f"full/{k}": v for k, v in values.items()})
+        if "sample100" in self.protocols:
+            values = sample100_recall(
+                image[0], image[1], dim_zero_cat(self.image_groups)[keep_i],
+                text[0], text[1], dim_zero_cat(self.text_groups)[keep_t],
+                ks=self.ks, seed=self.seed,
+            )  # fmt: skip
+            out.update({f"sample100/{k}": v for k, v in values.items()})
+        return out

@@ -25,6 +25,7 @@ def best_positive_ranks(
     *,
     query_groups: Tensor | None = None,
     gallery_groups: Tensor | None = None,
+    exclude: Tensor | None = None,
     chunk_size: int = 1024,
 ) -> Tensor:
     """1-based rank of each query's best-scoring positive under dot-product similarity.
@@ -34,6 +35,8 @@ def best_positive_ranks(
         query_ids, gallery_ids: ``[Q]``, ``[G]``; a gallery item is a positive when the ids are equal.
         query_groups, gallery_groups: optional ``[Q]``, ``[G]``; gallery items of another group than
             the query's are left out of its ranking (Polyvore OCIR ranks within the blank's category).
+        exclude: optional ``[Q]`` gallery index left out of each query's ranking, -1 for none
+            (composed retrieval on Fashion200k never ranks the query's own image).
         chunk_size: queries scored at once, bounding memory to ``chunk_size x G`` scores.
 
     Returns:
@@ -57,6 +60,10 @@ def best_positive_ranks(
             eligible = query_groups[start : start + chunk_size, None].to(q.device) == gallery_groups[None].to(
                 q.device
             )
+        if exclude is not None:
+            rows = exclude[start : start + chunk_size].to(q.device)
+            hit = rows >= 0
+            eligible[hit.nonzero().squeeze(1), rows[hit]] = False
         positive &= eligible
         best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
         above = ((scores >= best) & eligible & ~positive).sum(dim=1)
@@ -97,3 +104,84 @@ def full_gallery_recall(
     out["rsum"] = float(sum(values))
     out["mean"] = out["rsum"] / len(values)
     return out
+
+
+def sample100_ranks(
+    queries: Tensor,
+    gallery: Tensor,
+    query_ids: Tensor,
+    gallery_ids: Tensor,
+    query_groups: Tensor,
+    gallery_groups: Tensor,
+    *,
+    num_queries: int = 1000,
+    num_negatives: int = 100,
+    generator: torch.Generator,
+) -> Tensor:
+    """One round of the sample-100 protocol (KaleidoBERT's, the reference's ``r@k_kaleido``).
+
+    ``num_queries`` random queries; each is ranked against 1 positive drawn among the gallery items
+    with its id and ``num_negatives`` drawn among items of the same group (sub-category) and another
+    id. Where a group has too few, the remaining negatives come from other groups at random (what the
+    reference's top-k over random keys does). Ranks are taken among exactly these candidates
+    (pessimistic ties); the reference instead sets non-candidates to -1, which can let an excluded item
+    outrank the candidates when similarities fall below -1.
+
+    A gallery too small for ``num_negatives`` negatives per query gives each query as many as it has.
+
+    Returns ``[num_queries]`` 1-based ranks of the positive among its ``1 + num_negatives`` candidates.
+    """
+    device = queries.device
+    q = torch.randperm(queries.shape[0], generator=generator)[:num_queries].to(device)
+    q_ids, q_groups = query_ids[q].to(device), query_groups[q].to(device)
+    g_ids, g_groups = gallery_ids.to(device), gallery_groups.to(device)
+    same_id = q_ids[:, None] == g_ids[None]
+    if not same_id.any(dim=1).all():
+        raise ValueError("sample-100: a query has no positive in the gallery")
+    keys = torch.rand(same_id.shape, generator=generator).to(device)
+    positive = keys.masked_fill(~same_id, -1.0).argmax(dim=1)  # a random positive
+    # negatives: same group first (keys in [1, 2)), then other groups ([0, 1)), never the same id
+    keys = (
+        torch.rand(same_id.shape, generator=generator).to(device)
+        + (q_groups[:, None] == g_groups[None]).float()
+    )
+    available = int((~same_id).sum(dim=1).min())
+    negatives = keys.masked_fill(same_id, -1.0).topk(min(num_negatives, available), dim=1).indices
+    candidates = torch.cat([positive[:, None], negatives], dim=1)  # [q, 1 + n]
+    scores = torch.einsum("qd,qcd->qc", queries[q].float(), gallery[candidates].float())
+    if torch.isnan(scores).any():
+        raise ValueError("NaN similarity scores: the embeddings contain NaN")
+    return (scores[:, 1:] >= scores[:, :1]).sum(dim=1) + 1
+
+
+def sample100_recall(
+    image_emb: Tensor,
+    image_ids: Tensor,
+    image_groups: Tensor,
+    text_emb: Tensor,
+    text_ids: Tensor,
+    text_groups: Tensor,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    num_queries: int = 1000,
+    num_negatives: int = 100,
+    repeats: int = 5,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Cross-modal sample-100 recall in both directions, averaged over ``repeats`` seeded rounds.
+
+    Keys as :func:`full_gallery_recall`: ``i2t_r@K``, ``t2i_r@K``, ``rsum`` (the papers' SumR), ``mean``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    for _ in range(repeats):
+        for direction, args in (
+            ("i2t", (image_emb, text_emb, image_ids, text_ids, image_groups, text_groups)),
+            ("t2i", (text_emb, image_emb, text_ids, image_ids, text_groups, image_groups)),
+        ):
+            ranks = sample100_ranks(*args, num_queries=num_queries, num_negatives=num_negatives, generator=g)
+            for k, value in recall_from_ranks(ranks, ks).items():
+                totals[f"{direction}_r@{k}"] = totals.get(f"{direction}_r@{k}", 0.0) + value / repeats
+    totals["rsum"] = float(sum(totals.values()))
+    totals["mean"] = totals["rsum"] / (2 * len(ks))
+    return totals

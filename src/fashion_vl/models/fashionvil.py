@@ -16,6 +16,7 @@ from torch import nn
 from transformers import BertModel
 from transformers.masking_utils import create_bidirectional_mask
 
+from fashion_vl.models.checkpoint import load_from_checkpoint
 from fashion_vl.models.encoders.image import GridImageEncoder
 from fashion_vl.models.outputs import FusedOutput
 
@@ -73,6 +74,9 @@ class FashionViL(nn.Module):
         text_encoder: a ``BertModel`` (text encoder and fusion encoder).
         num_visual_tokens: grid tokens per image (49 for a 7x7 map); sizes the visual position table.
         contrastive_scale: initial ``s`` of :class:`ContrastiveNorm`.
+        init_from: a checkpoint to start from: a pre-training (or any task's) Lightning checkpoint, whose
+            ``net.*`` weights are this model, or a plain state dict of it. The load is strict.
+        reinit: modules not taken from ``init_from`` (fine-tuning re-initialises the contrastive scale).
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class FashionViL(nn.Module):
         text_encoder: BertModel,
         num_visual_tokens: int = 49,
         contrastive_scale: float = 4.0,
+        init_from: str | None = None,
+        reinit: tuple[str, ...] = ("contrastive_norm",),
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -89,6 +95,10 @@ class FashionViL(nn.Module):
         self.visual_embeddings = VisualEmbeddings(image_encoder.num_features, hidden, num_visual_tokens)
         self.visual_embeddings.copy_tables_from(text_encoder)
         self.contrastive_norm = ContrastiveNorm(contrastive_scale)
+        if init_from:
+            load_from_checkpoint(
+                self, init_from, prefix=["net.", ""], exclude=reinit, what="FashionViL encoder"
+            )
 
     @property
     def hidden_size(self) -> int:

@@ -59,4 +59,6 @@ def results_table(
 def print_table(table: Table) -> None:
     """Print without wrapping cells, also when stdout is a log file (rich assumes 80 columns there)."""
     console = Console()
-    console.print(table, width=max(console.width, 160) if not console.is_terminal else None)
+    if not console.is_terminal:
+        console = Console(width=200)
+    console.print(table)

@@ -35,7 +35,7 @@ from fashion_vl.data.synth.taxonomy import (
 )
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -171,18 +171,24 @@ def write_fashion200k(rng: random.Random, spec: SizeSpec) -> Written:
 _SEMANTIC = {"top": "tops", "jacket": "outerwear", "dress": "all-body", "skirt": "bottoms", "pants": "bottoms",
              "shorts": "bottoms", "sneakers": "shoes", "boots": "shoes", "heels": "shoes", "tote": "bags",
              "clutch": "bags", "backpack": "bags"}  # fmt: skip
-# Each synthetic sub-category stands for one raw Polyvore category (spread over the 153 known ids).
+# Each semantic group stands for one raw Polyvore category, so an OCIR query is ranked against every
+# item of its blank's group (about 50 in `small`), not a handful.
+_GROUPS = sorted(set(_SEMANTIC.values()))
 _RAW_CATEGORY = {
-    sub.name: POLYVORE_RAW_CATEGORY_IDS[(5 * i + 8) % 153] for i, (_, sub) in enumerate(SUBCATEGORIES)
+    sub.name: POLYVORE_RAW_CATEGORY_IDS[8 + 20 * _GROUPS.index(_SEMANTIC[sub.kind])]
+    for _, sub in SUBCATEGORIES
 }
 
 
 def _outfit(rng: random.Random, new_item: Callable[[tuple, tuple[str, ...]], int]) -> list[int]:
     """One compatible outfit: (top + bottom) or dress, shoes, a bag, sometimes outerwear.
 
-    Colour rule: neutrals plus at most one accent colour family.
+    Colour rule: a two-colour scheme, a neutral with an accent (70%) or two neutrals; every item takes
+    one of the two, so a compatible item shares its colours with the rest of the outfit.
     """
-    palette = (*rng.sample(NEUTRALS, k=3), *((rng.choice(ACCENTS),) if rng.random() < 0.6 else ()))
+    first = rng.choice(NEUTRALS)
+    second = rng.choice(ACCENTS) if rng.random() < 0.7 else rng.choice([c for c in NEUTRALS if c != first])
+    palette = (first, second)
     parts = [("top",), ("skirt", "pants", "shorts")] if rng.random() < 0.7 else [("dress",)]
     parts += [("sneakers", "boots", "heels"), ("tote", "clutch", "backpack")]
     if rng.random() < 0.3:

@@ -1,0 +1,251 @@
+"""Composed (text-guided) retrieval data: FashionIQ triplets and Fashion200k one-word edits.
+
+Training items are (reference image, text, target image). Evaluation items carry a *query* part
+(reference image, text, the key its positives share, a group), a *gallery* part (an image, its dedupe
+key, its positive key, a group), or both, and :class:`~fashion_vl.metrics.composed.ComposedGalleryRecall`
+ranks them.
+
+FashionIQ (reference §3b): text = the two captions joined with ", "; queries are the val entries with
+``fake_data`` false; the gallery is every distinct ``target_id`` of the category's val entries, fake ones
+included (they put the rest of the split into the gallery); ranked per category.
+
+Fashion200k (the TIRG protocol, built here from the test products since the release's query list is not
+part of our format): every ordered pair of test products whose titles have the same number of words
+and differ in exactly one is a query: the source product's first image with the text
+``"replace <old word> with <new word>"``. Its positives are all test images whose product title equals
+the target title; the gallery is every test image; the query's own image is never ranked. Training uses
+the same construction on the train split, drawing a random image of each product.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from fashion_vl.data.datasets import ImageReader, TooManyBadImagesError, as_key, seeded_transform
+from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES, fashioniq_image_dir, read_fashioniq
+from fashion_vl.data.images import ImageLoadError, load_image
+from fashion_vl.data.records import ProductTable
+from fashion_vl.data.samplers import SampleKey
+
+Image = tuple[Path, str]  # (image folder, name as written in the annotations)
+
+
+@dataclass(frozen=True)
+class ComposedPair:
+    """A training example: reference images (one drawn), text, target images (one drawn)."""
+
+    references: tuple[Image, ...]
+    text: str
+    targets: tuple[Image, ...]
+
+
+@dataclass(frozen=True)
+class ComposedQuery:
+    reference: Image
+    text: str
+    positive: int  # key shared with its positives in the gallery
+    group: int = 0
+    exclude: int = -1  # gallery key never ranked for this query
+
+
+@dataclass(frozen=True)
+class GalleryImage:
+    image: Image
+    key: int  # dedupe key
+    positive: int
+    group: int = 0
+
+
+@dataclass(frozen=True)
+class ComposedEvalItem:
+    query: ComposedQuery | None = None
+    gallery: GalleryImage | None = None
+
+
+def join_captions(captions: Sequence[str]) -> str:
+    return ", ".join(c.strip() for c in captions if c.strip())
+
+
+def fashioniq_pairs(data_dir: Path, categories: Iterable[str]) -> list[ComposedPair]:
+    images = fashioniq_image_dir(data_dir)
+    return [
+        ComposedPair(
+            ((images, e.candidate + ".jpg"),), join_captions(e.captions), ((images, e.target + ".jpg"),)
+        )
+        for category in categories
+        for e in read_fashioniq(data_dir, category, "train")
+    ]
+
+
+def fashioniq_eval_items(
+    data_dir: Path, categories: Iterable[str], split: str = "val"
+) -> list[ComposedEvalItem]:
+    images = fashioniq_image_dir(data_dir)
+    items = []
+    for category in categories:
+        for e in read_fashioniq(data_dir, category, split):
+            group = e.garment_class if e.garment_class >= 0 else FASHIONIQ_CATEGORIES.index(category)
+            query = (
+                None
+                if e.fake_data
+                else ComposedQuery(
+                    (images, e.candidate + ".jpg"), join_captions(e.captions), e.target_id, group
+                )
+            )
+            items.append(
+                ComposedEvalItem(
+                    query, GalleryImage((images, e.target + ".jpg"), e.target_id, e.target_id, group)
+                )
+            )
+    return items
+
+
+def one_word_edits(titles: Sequence[str]) -> list[tuple[int, int, str, str]]:
+    """``(source, target, old_word, new_word)`` for every ordered pair of titles of equal length that
+    differ in exactly one word (titles compared lower-cased, split on whitespace)."""
+    words = [t.lower().split() for t in titles]
+    by_shape: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for i, w in enumerate(words):
+        for j in range(len(w)):  # bucket by (length, position of the word that may differ) and the rest
+            by_shape[(len(w), j, *w[:j], *w[j + 1 :])].append(i)  # type: ignore[arg-type]
+    edits = []
+    for key, members in by_shape.items():
+        j = key[1]
+        for a in members:
+            for b in members:
+                if a != b and words[a][j] != words[b][j]:
+                    edits.append((a, b, words[a][j], words[b][j]))
+    return sorted(edits)
+
+
+def edit_text(old: str, new: str) -> str:
+    return f"replace {old} with {new}"
+
+
+def fashion200k_pairs(table: ProductTable) -> list[ComposedPair]:
+    products = table.products
+    return [
+        ComposedPair(
+            tuple((table.image_dir, name) for name in products[a].images),
+            edit_text(old, new),
+            tuple((table.image_dir, name) for name in products[b].images),
+        )
+        for a, b, old, new in one_word_edits([p.text for p in products])
+    ]
+
+
+def fashion200k_eval_items(
+    table: ProductTable, max_queries: int | None = None, seed: int = 0
+) -> list[ComposedEvalItem]:
+    products = table.products
+    title_id: dict[str, int] = {}
+    for p in products:
+        title_id.setdefault(p.text.lower(), len(title_id))
+    items, first_key = [], {}
+    key = 0
+    for i, p in enumerate(products):
+        first_key[i] = key
+        for name in p.images:
+            items.append(
+                ComposedEvalItem(gallery=GalleryImage((table.image_dir, name), key, title_id[p.text.lower()]))
+            )
+            key += 1
+    edits = one_word_edits([p.text for p in products])
+    if max_queries is not None and len(edits) > max_queries:
+        edits = sorted(random.Random(seed).sample(edits, max_queries))
+    for a, b, old, new in edits:
+        query = ComposedQuery(
+            (table.image_dir, products[a].images[0]),
+            edit_text(old, new),
+            title_id[products[b].text.lower()],
+            exclude=first_key[a],
+        )
+        items.append(ComposedEvalItem(query=query))
+    return items
+
+
+def _load(reader: ImageReader, image: Image, bad: list[str]) -> torch.Tensor:
+    try:
+        return load_image(*image)
+    except ImageLoadError as err:
+        if reader.strict:
+            raise
+        bad.append(f"{err.path}: {err.reason}")
+        raise
+
+
+class ComposedTrainDataset(Dataset):
+    """(reference image, text, target image) training samples; a pair with a bad image is replaced by
+    another drawn from the sample's seed."""
+
+    def __init__(
+        self, pairs: Sequence[ComposedPair], transform: Callable, reader: ImageReader | None = None
+    ) -> None:
+        if not pairs:
+            raise ValueError("no composed-retrieval training pairs")
+        self.pairs = list(pairs)
+        self.transform = transform
+        self.reader = reader or ImageReader()
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        key = as_key(key)
+        rng = random.Random(key.seed)
+        bad: list[str] = []
+        index = key.index
+        for _ in range(self.reader.max_consecutive_failures):
+            pair = self.pairs[index]
+            try:
+                reference = _load(self.reader, rng.choice(pair.references), bad)
+                target = _load(self.reader, rng.choice(pair.targets), bad)
+                break
+            except ImageLoadError:
+                index = rng.randrange(len(self))
+        else:
+            raise TooManyBadImagesError(
+                "composed retrieval: too many consecutive bad images:\n  " + "\n  ".join(bad[-5:])
+            )
+        return {
+            "reference_image": seeded_transform(self.transform, reference, key.seed),
+            "target_image": seeded_transform(self.transform, target, key.seed + 1),
+            "text": pair.text,
+            "bad_images": bad,
+            "seed": key.seed,
+        }
+
+
+class ComposedEvalDataset(Dataset):
+    """Evaluation items; an image that fails to load drops that part of the item (counted)."""
+
+    def __init__(
+        self, items: Sequence[ComposedEvalItem], transform: Callable, reader: ImageReader | None = None
+    ) -> None:
+        self.items = list(items)
+        self.transform = transform
+        self.reader = reader or ImageReader()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, key: SampleKey | int) -> dict[str, Any]:
+        item = self.items[as_key(key).index]
+        out: dict[str, Any] = {"bad_images": []}
+        for part, record, image in (("query", item.query, item.query and item.query.reference),
+                                    ("gallery", item.gallery, item.gallery and item.gallery.image)):  # fmt: skip
+            if record is None:
+                continue
+            try:
+                out[part] = (self.transform(_load(self.reader, image, out["bad_images"])), record)
+            except ImageLoadError:
+                continue  # counted in bad_images; this part of the item is left out
+        return out

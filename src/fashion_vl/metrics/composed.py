@@ -1,0 +1,134 @@
+"""Composed retrieval (reference image + text -> target image): FashionIQ, Fashion200k, Polyvore OCIR.
+
+Queries carry the key their positives share (a FashionIQ ``target_id``, a Fashion200k target title,
+an OCIR blank id), a group (FashionIQ category, OCIR blank category) within which they are ranked,
+and optionally a gallery key never ranked for them (the query's own image). Gallery rows with the same
+dedupe key are counted once (the first seen), as the reference builds its gallery from unique ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from fashion_vl.metrics.gallery import unique_rows
+from fashion_vl.metrics.retrieval import best_positive_ranks, recall_from_ranks
+
+
+class ComposedGalleryRecall(Metric):
+    """Recall@K of composed queries against a deduplicated gallery, per group and averaged.
+
+    Args:
+        ks: the K of recall@K (FashionIQ 10, 50; Fashion200k 1, 10, 50; OCIR 10, 30, 50).
+        group_names: group id -> name used in the keys (FashionIQ ``{0: "dress", ...}``); when given,
+            recall is reported per group (``dress_r@10``) and as the mean over groups (``mean_r@10``),
+            each group ranked against its own gallery. Without names, one pooled figure per K (``r@10``).
+        class_balanced: weight each query by 1 / (queries of its group), then divide by the number of
+            groups (Polyvore OCIR); ranking is still restricted to the query's group.
+
+    ``compute`` also returns ``avg``, the mean of every reported recall (the reference's ``avg``).
+    """
+
+    full_state_update = False
+
+    def __init__(
+        self,
+        ks: Sequence[int] = (10, 50),
+        group_names: Mapping[int, str] | None = None,
+        class_balanced: bool = False,
+        chunk_size: int = 1024,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.ks = tuple(ks)
+        self.group_names = {int(k): v for k, v in group_names.items()} if group_names else None
+        self.class_balanced = class_balanced
+        self.chunk_size = chunk_size
+        for name in ("query_emb", "query_positive", "query_group", "query_exclude",
+                     "gallery_emb", "gallery_key", "gallery_positive", "gallery_group"):  # fmt: skip
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, part: str, emb: Tensor, *fields: Tensor | None) -> None:
+        """``update("query", emb, positive, group, exclude_key=None)`` or
+        ``update("gallery", emb, key, positive, group)``; prefer the two named wrappers below.
+
+        (One entry point, because torchmetrics tracks updates, and invalidates its cached result,
+        through ``update`` only.)
+        """
+        if part == "query":
+            positive, group, exclude_key = (*fields, None)[:3]
+            self.query_emb.append(emb.detach().float())
+            self.query_positive.append(positive.detach())
+            self.query_group.append(group.detach())
+            self.query_exclude.append(
+                exclude_key.detach() if exclude_key is not None else torch.full_like(positive, -1)
+            )
+        elif part == "gallery":
+            key, positive, group = fields
+            self.gallery_emb.append(emb.detach().float())
+            self.gallery_key.append(key.detach())
+            self.gallery_positive.append(positive.detach())
+            self.gallery_group.append(group.detach())
+        else:
+            raise ValueError(f"part must be 'query' or 'gallery', not {part!r}")
+
+    def update_queries(
+        self, emb: Tensor, positive: Tensor, group: Tensor, exclude_key: Tensor | None = None
+    ) -> None:
+        self.update("query", emb, positive, group, exclude_key)
+
+    def update_gallery(self, emb: Tensor, key: Tensor, positive: Tensor, group: Tensor) -> None:
+        self.update("gallery", emb, key, positive, group)
+
+    def compute(self) -> dict[str, float]:
+        if not self.query_emb or not self.gallery_emb:
+            raise ValueError("composed retrieval: no queries or no gallery items were seen")
+        keep = unique_rows(dim_zero_cat(self.gallery_key))
+        g_emb = dim_zero_cat(self.gallery_emb)[keep]
+        g_key = dim_zero_cat(self.gallery_key)[keep]
+        g_pos = dim_zero_cat(self.gallery_positive)[keep]
+        g_group = dim_zero_cat(self.gallery_group)[keep]
+        q_emb, q_pos = dim_zero_cat(self.query_emb), dim_zero_cat(self.query_positive)
+        q_group, q_exclude_key = dim_zero_cat(self.query_group), dim_zero_cat(self.query_exclude)
+        # gallery index of each query's excluded key (-1: none)
+        order = torch.argsort(g_key)
+        found = torch.searchsorted(g_key[order], q_exclude_key.clamp_min(0))
+        found = found.clamp_max(len(order) - 1)
+        exclude = torch.where((q_exclude_key >= 0) & (g_key[order][found] == q_exclude_key), order[found], -1)
+        ranks = best_positive_ranks(
+            q_emb,
+            g_emb,
+            q_pos,
+            g_pos,
+            query_groups=q_group,
+            gallery_groups=g_group,
+            exclude=exclude,
+            chunk_size=self.chunk_size,
+        )
+        out: dict[str, float] = {}
+        if self.group_names is not None:
+            for gid, name in self.group_names.items():
+                rows = q_group == gid
+                if rows.any():
+                    out.update(
+                        {f"{name}_r@{k}": v for k, v in recall_from_ranks(ranks[rows], self.ks).items()}
+                    )
+            for k in self.ks:
+                per_group = [out[f"{n}_r@{k}"] for n in self.group_names.values() if f"{n}_r@{k}" in out]
+                out[f"mean_r@{k}"] = sum(per_group) / len(per_group)
+            out["avg"] = sum(v for key, v in out.items() if not key.startswith("mean_")) / (
+                len(out) - len(self.ks)
+            )
+            return out
+        weights = None
+        if self.class_balanced:
+            groups, counts = torch.unique(q_group, return_counts=True)
+            per_query = 1.0 / counts[torch.searchsorted(groups, q_group)].double()
+            weights = (per_query / len(groups)).to(ranks.device)
+        out.update({f"r@{k}": v for k, v in recall_from_ranks(ranks, self.ks, weights).items()})
+        out["avg"] = sum(out.values()) / len(self.ks)
+        return out

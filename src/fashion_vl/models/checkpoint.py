@@ -1,0 +1,84 @@
+"""Starting a module from (part of) a checkpoint, strictly: a partial load is always an error."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointMismatchError(RuntimeError):
+    """The checkpoint does not hold exactly the weights the module needs."""
+
+
+def _listing(keys: Sequence[str], limit: int = 15) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}"
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a Lightning checkpoint (``state_dict``) or of a plain state-dict file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from: no checkpoint at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise CheckpointMismatchError(f"{path}: neither a Lightning checkpoint nor a state dict of tensors")
+    return state
+
+
+def load_from_checkpoint(
+    module: nn.Module,
+    path: str | Path,
+    prefix: str | Sequence[str] = "",
+    exclude: Sequence[str] = (),
+    what: str = "model",
+) -> None:
+    """Load ``module`` from the keys of ``path`` that start with ``prefix`` (stripped).
+
+    ``prefix`` may be a list of candidates: the first one some key starts with is used (e.g.
+    ``["net.", ""]`` reads a Lightning checkpoint of a task or a plain state dict of the module).
+
+    Parameters and buffers whose names start with an entry of ``exclude`` are neither required nor
+    loaded: they keep their fresh initialisation (what fine-tuning re-initialises). Anything else missing
+    from the checkpoint, or left over under ``prefix``, raises :class:`CheckpointMismatchError` naming
+    the keys, and nothing is loaded.
+    """
+    state = read_state_dict(path)
+    if not isinstance(prefix, str):
+        prefix = next((p for p in prefix if any(k.startswith(p) for k in state)), prefix[0])
+    selected = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    if not selected:
+        prefixes = sorted({k.split(".")[0] + "." for k in state})
+        raise CheckpointMismatchError(
+            f"{path}: no weights under '{prefix}' for the {what} (the checkpoint has: {', '.join(prefixes)})"
+        )
+
+    def excluded(key: str) -> bool:
+        return any(key == e or key.startswith(e + ".") for e in exclude)
+
+    expected = {k for k in module.state_dict() if not excluded(k)}
+    provided = {k for k in selected if not excluded(k)}
+    missing, unexpected = sorted(expected - provided), sorted(provided - expected)
+    shapes = [
+        f"{k}: checkpoint {tuple(selected[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in module.state_dict().items()
+        if k in provided and selected[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if shapes:
+            problems.append(f"shape mismatches ({len(shapes)}): {_listing(shapes)}")
+        raise CheckpointMismatchError(
+            f"{path} does not fit the {what} (prefix '{prefix}'):\n  "
+            + "\n  ".join(problems)
+            + "\nIs it a checkpoint of the same model config (model=...)?"
+        )
+    module.load_state_dict({k: selected[k] for k in provided}, strict=False)

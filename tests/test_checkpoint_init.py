@@ -1,0 +1,76 @@
+"""Starting a model from a checkpoint: strict, explicit about every key, re-initialising what it should."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_vl.models.checkpoint import CheckpointMismatchError, load_from_checkpoint
+from fashion_vl.models.encoders.image import GridImageEncoder
+from fashion_vl.models.encoders.text import build_bert
+from fashion_vl.models.fashionvil import FashionViL
+from tests.test_models import tiny_fashionvil
+
+
+def tiny(init_from: str | None = None, hidden: int = 32) -> FashionViL:
+    image = GridImageEncoder("resnet10t", output_stride=16, channels=(8, 16, 32, 64), stem_width=8)
+    text = build_bert(vocab_size=100, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    return FashionViL(image, text, init_from=init_from)
+
+
+def lightning_style_checkpoint(tmp_path: Path, net: FashionViL, extra: dict | None = None) -> Path:
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    state.update(extra or {})
+    path = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": state, "global_step": 10}, path)
+    return path
+
+
+def test_init_from_a_task_checkpoint_loads_the_encoder_and_reinits_the_scale(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    source = tiny()
+    with torch.no_grad():
+        source.contrastive_norm.scale.fill_(9.0)
+    heads = {"objectives.itm.head.seq_relationship.weight": torch.zeros(2, 32)}  # pre-training heads: ignored
+    path = lightning_style_checkpoint(tmp_path, source, heads)
+    torch.manual_seed(1)
+    model = tiny(init_from=str(path))
+    for key, value in source.state_dict().items():
+        if key.startswith("contrastive_norm"):
+            assert model.state_dict()[key].item() == 4.0  # re-initialised, not 9
+        else:
+            assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_plain_state_dict_works_too(tmp_path: Path) -> None:
+    source = tiny()
+    torch.save(source.state_dict(), tmp_path / "encoder.pt")
+    model = tiny(init_from=str(tmp_path / "encoder.pt"))
+    assert torch.equal(model.visual_embeddings.projection.weight, source.visual_embeddings.projection.weight)
+
+
+def test_mismatched_checkpoint_lists_the_keys(tmp_path: Path) -> None:
+    path = lightning_style_checkpoint(tmp_path, tiny(hidden=48))
+    with pytest.raises(CheckpointMismatchError, match=r"shape mismatches .*text_encoder") as err:
+        tiny(init_from=str(path))
+    assert "model=" in str(err.value)
+    state = {f"net.{k}": v for k, v in tiny().state_dict().items() if not k.startswith("visual_embeddings")}
+    state["net.something.new"] = torch.zeros(1)
+    torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
+    with pytest.raises(CheckpointMismatchError) as err:
+        tiny(init_from=str(tmp_path / "partial.ckpt"))
+    message = str(err.value)
+    assert (
+        "missing keys (4): visual_embeddings" in message and "unexpected keys (1): something.new" in message
+    )
+
+
+def test_nothing_under_the_prefix_says_what_the_file_has(tmp_path: Path) -> None:
+    torch.save({"state_dict": {"model.x": torch.zeros(1)}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointMismatchError, match=r"no weights under 'net\.'.*has: model\."):
+        load_from_checkpoint(tiny_fashionvil(), tmp_path / "other.ckpt", prefix="net.")
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        tiny(init_from=str(tmp_path / "none.ckpt"))
