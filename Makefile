@@ -41,10 +41,10 @@ demo: install
 		--out logs/demo_results.json
 
 test: install
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q tests --nbmake notebooks
 
 test-all: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests --nbmake notebooks
 
 lint: install
 	$(BIN)/ruff check .

@@ -70,6 +70,14 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
         print_table(results_table(title, rows, ["metric", "value"]))
         log.info("metrics written to %s", out)
+        if cfg.get("viz") and split != "val":
+            from fashion_vl.viz.examples import save_examples
+
+            grid = save_examples(lit, datamodule, Path(cfg.paths.output_dir) / "retrieval_examples.png")
+            if grid is None:
+                log.warning("viz: this task has no result grid")
+            else:
+                log.info("result grid written to %s", grid)
     return metrics, dict(trainer=trainer, lit=lit, datamodule=datamodule)
 
 

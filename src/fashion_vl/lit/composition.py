@@ -84,8 +84,14 @@ class ComposedRetrievalModule(FashionLitModule):
 
     def _log(self, split: str, metric: ComposedGalleryRecall) -> None:
         values = metric.compute()
-        metric.reset()
         self.log_dict({f"{split}/{k}": v for k, v in values.items()})
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_recall.reset()
+
+    def on_test_epoch_start(self) -> None:
+        # reset here, not after computing: the embeddings stay available for fvl-eval +viz=true
+        self.test_recall.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log("val", self.val_recall)

@@ -55,8 +55,14 @@ class GalleryRetrievalModule(FashionLitModule):
 
     def _log_recall(self, split: str, metric: CrossModalGalleryRecall) -> None:
         values = metric.compute()
-        metric.reset()
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_recall.reset()
+
+    def on_test_epoch_start(self) -> None:
+        # reset here, not after computing: the embeddings stay available for fvl-eval +viz=true
+        self.test_recall.reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_recall("val", self.val_recall)
