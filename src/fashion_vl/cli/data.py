@@ -4,6 +4,7 @@ Subcommands:
   synth   write procedurally generated datasets in the real on-disk formats
   check   validate a data folder (formats, images, ids, splits) and print a summary
   attributes  mine a pseudo-attribute vocabulary from the product texts and rewrite attributes_id
+  prepare  convert an official dataset release into the data folder layout (fvl-data prepare <dataset> -h)
 """
 
 from __future__ import annotations
@@ -130,6 +131,63 @@ def cmd_attributes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from fashion_vl.data.formats._json import DataFormatError
+    from fashion_vl.data.prepare import load_converter
+    from fashion_vl.data.prepare.staging import OutputExistsError
+
+    converter = load_converter(args.dataset)
+    with Progress(
+        TextColumn(f"prepare {args.dataset}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("convert", total=None)
+        try:
+            counts = converter.convert(
+                Path(args.raw),
+                Path(args.out),
+                args,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        except (FileNotFoundError, DataFormatError, OutputExistsError, ImportError) as err:
+            bar.stop()
+            console.print(str(err), style="red", markup=False, highlight=False, soft_wrap=True)
+            return 2
+    rows = [{"dataset/split": k, "count": v} for k, v in counts.items()]
+    print_table(results_table(f"fvl-data prepare {args.dataset}: {args.raw} -> {args.out}", rows))
+    return 0
+
+
+def _add_prepare_parsers(sub: argparse._SubParsersAction) -> None:
+    from fashion_vl.data.prepare import CONVERTERS, load_converter
+
+    prepare = sub.add_parser(
+        "prepare",
+        help="convert an official dataset release into the data folder layout",
+        description="Convert an official release into <out>/<Dataset>/ in the layout the loaders read. "
+        "Output is built in a temporary folder and moved into place only when complete.",
+    )
+    datasets = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for name in CONVERTERS:
+        try:
+            module = load_converter(name)
+        except ModuleNotFoundError as err:
+            if not err.name or not err.name.startswith("fashion_vl.data.prepare"):
+                raise
+            continue  # converter not written yet
+        p = datasets.add_parser(
+            name,
+            help=module.DESCRIPTION.splitlines()[0],
+            description=module.DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--raw", required=True, help="the official release folder (or file) to read")
+        p.add_argument("--out", required=True, help="the datasets/ folder to write into (paths.data_dir)")
+        p.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+        module.add_arguments(p)
+        p.set_defaults(fn=cmd_prepare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fvl-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -189,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backup", action="store_true", help="keep each original file as <name>.orig.json")
     p.add_argument("--dry-run", action="store_true", help="compute and print the summary, write nothing")
     p.set_defaults(fn=cmd_attributes)
+    _add_prepare_parsers(sub)
     return parser
 
 
