@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 DATA ?= data/synthetic
 SEED ?= 0
 export TOKENIZERS_PARALLELISM := false
@@ -16,12 +17,18 @@ help:
 	@echo "make test-all  also the slow tests (learning, multi-process, multirun)"
 	@echo "make lint      ruff"
 
+# The demo needs only the package; the tests add the [dev] extra on top (one stamp each, so
+# `make demo` then `make test` installs the core once).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
 	@touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 # The whole pipeline on the synthetic data: pre-training (six tasks), then each fine-tuning task from
 # random init and from the pre-trained checkpoint (one Hydra multirun), then the results table.
@@ -29,7 +36,7 @@ PRETRAIN_CKPT := logs/train/runs/demo_pretrain/checkpoints/last.ckpt
 FINETUNES := demo_finetune_retrieval,demo_finetune_composition_fashioniq,demo_finetune_composition_fashion200k,demo_finetune_classification,demo_finetune_outfit
 DEMO_ARGS := paths.data_dir=$(CURDIR)/$(DATA) print_config=false
 
-demo: install
+demo: $(STAMP)
 	$(BIN)/fvl-data synth --out $(DATA) --size small --seed $(SEED) --skip-existing
 	rm -rf logs/train/runs/demo_pretrain logs/eval/runs/demo_pretrain_random logs/train/multiruns/demo_finetune
 	$(BIN)/fvl-train experiment=demo_pretrain run_name=demo_pretrain $(DEMO_ARGS)
@@ -40,17 +47,17 @@ demo: install
 		--pretrain-random logs/eval/runs/demo_pretrain_random --finetune logs/train/multiruns/demo_finetune \
 		--out logs/demo_results.json
 
-test: install
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q tests --nbmake notebooks
 
-test-all: install
+test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests --nbmake notebooks
 
-lint: install
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: install
+format: $(DEV_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 

@@ -138,7 +138,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     converter = load_converter(args.dataset)
     with Progress(
-        TextColumn(f"prepare {args.dataset}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn(f"prepare {args.dataset}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         console=console,
     ) as bar:
         task = bar.add_task("convert", total=None)

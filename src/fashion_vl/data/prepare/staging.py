@@ -27,6 +27,11 @@ def staged_output(out: Path | str, folder: str, *, overwrite: bool = False) -> I
         raise OutputExistsError(f"{final} already exists and is not empty; pass --overwrite to replace it")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder}.partial-", dir=out))
+    # mkdtemp makes the folder private (0700); a dataset folder is usually shared, so give it the
+    # permissions a plain mkdir would (0777 less the umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         yield tmp
         if final.exists():
