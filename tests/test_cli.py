@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fashion_vl.cli.data import main as fvl_data
@@ -134,3 +135,29 @@ def test_module_entry_points(tmp_path: Path) -> None:
     for module in ("fashion_vl.cli.train", "fashion_vl.cli.eval"):
         result = run(sys.executable, "-m", module, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "experiment" in result.stdout
+
+
+def test_a_run_refuses_a_data_folder_that_fails_the_preflight_check(
+    tmp_path: Path, fixture_data: Path
+) -> None:
+    """A product id in both FashionGen splits is caught before anything is built, the file named."""
+    from fashion_vl.data.check import DataCheckError, preflight_check
+
+    assert preflight_check(fixture_data)  # the hand-written folder passes
+    train = json.loads((fixture_data / "FashionGen" / "train_info.json").read_text())
+    val = json.loads((fixture_data / "FashionGen" / "val_info.json").read_text())
+    val[0]["id"] = train[0]["id"]
+    (fixture_data / "FashionGen" / "val_info.json").write_text(json.dumps(val))
+    with pytest.raises(
+        DataCheckError, match=r"(?s)FashionGen/val: .*also in split 'train'.*data_check=false"
+    ):
+        preflight_check(fixture_data)
+    result = run(
+        script("fvl-train"),
+        "experiment=demo_itc",
+        f"paths.data_dir={fixture_data}",
+        f"paths.log_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "failed the pre-flight check" in result.stderr and "FashionGen/val" in result.stderr

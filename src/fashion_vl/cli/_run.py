@@ -129,6 +129,13 @@ def check_data_dir(cfg: DictConfig) -> None:
             f"`fvl-data synth --out {data_dir}` or point paths.data_dir at your datasets/ folder "
             "(see docs/data.md)."
         )
+    if cfg.get("data_check", True):
+        from fashion_vl.data.check import preflight_check
+
+        num_attributes = (cfg.get("data") or {}).get("num_attributes") or 2232
+        reports = preflight_check(data_dir, num_attributes=int(num_attributes))
+        found = sorted({r.dataset for r in reports if not r.absent})
+        log.info(f"data folder {data_dir}: pre-flight check passed ({', '.join(found) or 'no dataset'})")
 
 
 def check_tokenizer_fits(datamodule: Any, net: Any) -> None:

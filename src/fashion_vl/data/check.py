@@ -46,9 +46,14 @@ class Report:
         return not self.absent and not self.problems and not self.missing and not self.corrupt
 
 
-def _check_images(report: Report, files: Iterable[tuple[Path, str]], decode: bool, workers: int) -> None:
+def _check_images(
+    report: Report, files: Iterable[tuple[Path, str]], decode: bool | None, workers: int
+) -> None:
+    """``decode``: True opens every image, False only checks it exists, None skips images."""
     files = list(files)
     report.images = len(files)
+    if decode is None:
+        return
 
     def one(item: tuple[Path, str]) -> str | None:
         image_dir, name = item
@@ -84,7 +89,7 @@ def _guard(report: Report, fn: Callable[[], None]) -> None:
         report.problems.append(str(err))
 
 
-def check_products(data_dir: Path, decode: bool, workers: int, num_attributes: int) -> list[Report]:
+def check_products(data_dir: Path, decode: bool | None, workers: int, num_attributes: int) -> list[Report]:
     reports = []
     split_ids: dict[str, dict[str, set[int]]] = {}
     for cls, splits in ((FashionGenSource, ("train", "val")), (BigFACADSource, ("train", "val")),
@@ -125,7 +130,7 @@ def check_products(data_dir: Path, decode: bool, workers: int, num_attributes: i
     return reports
 
 
-def check_fashioniq(data_dir: Path, decode: bool, workers: int) -> list[Report]:
+def check_fashioniq(data_dir: Path, decode: bool | None, workers: int) -> list[Report]:
     reports = []
     for category in FASHIONIQ_CATEGORIES:
         for split in ("train", "val"):
@@ -156,7 +161,7 @@ def check_fashioniq(data_dir: Path, decode: bool, workers: int) -> list[Report]:
     return reports
 
 
-def check_ocir(data_dir: Path, decode: bool, workers: int) -> list[Report]:
+def check_ocir(data_dir: Path, decode: bool | None, workers: int) -> list[Report]:
     reports = []
     meta_report = Report("PolyvoreOutfits", "item_metadata")
     metadata: dict[int, int] = {}
@@ -190,9 +195,16 @@ def check_ocir(data_dir: Path, decode: bool, workers: int) -> list[Report]:
 
 
 def check_data_dir(
-    data_dir: str | Path, decode: bool = True, workers: int = 8, num_attributes: int = NUM_PSEUDO_ATTRIBUTES
+    data_dir: str | Path,
+    decode: bool | None = True,
+    workers: int = 8,
+    num_attributes: int = NUM_PSEUDO_ATTRIBUTES,
 ) -> list[Report]:
-    """Check every dataset found under ``data_dir``; absent datasets are reported as such."""
+    """Check every dataset found under ``data_dir``; absent datasets are reported as such.
+
+    ``decode``: True opens every image, False only checks that each exists, None skips the images
+    (formats, fields, ids, splits and ranges only: the cheap check a training run does at start).
+    """
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
@@ -201,3 +213,22 @@ def check_data_dir(
         *check_fashioniq(data_dir, decode, workers),
         *check_ocir(data_dir, decode, workers),
     ]
+
+
+class DataCheckError(ValueError):
+    """A data folder failed the pre-flight check a run does before it builds anything."""
+
+
+def preflight_check(data_dir: str | Path, num_attributes: int = NUM_PSEUDO_ATTRIBUTES) -> list[Report]:
+    """The cheap part of ``fvl-data check`` (no image is opened): raise :class:`DataCheckError` naming
+    every failing annotation file and its first problems; return the reports otherwise."""
+    reports = check_data_dir(data_dir, decode=None, num_attributes=num_attributes)
+    failed = [r for r in reports if not r.absent and not r.ok]
+    if failed:
+        lines = [f"  {r.dataset}/{r.split}: " + "; ".join(r.problems[:3]) for r in failed]
+        raise DataCheckError(
+            f"the data folder {data_dir} failed the pre-flight check:\n" + "\n".join(lines) + "\n"
+            f"Run `fvl-data check {data_dir}` for the full report (images included); fix the files, or "
+            "pass data_check=false to start anyway."
+        )
+    return reports
