@@ -161,3 +161,24 @@ def test_a_run_refuses_a_data_folder_that_fails_the_preflight_check(
     )
     assert result.returncode != 0
     assert "failed the pre-flight check" in result.stderr and "FashionGen/val" in result.stderr
+
+
+def test_multirun_over_pretraining_task_weights(tmp_path: Path, synth_dir: Path) -> None:
+    """`-m lit.task_weights.mpfc=0,100`: one job never draws MPFC, the other draws almost only MPFC."""
+    result = run(
+        script("fvl-train"), "-m", "experiment=demo_pretrain", "lit.task_weights.mpfc=0,100",
+        "trainer.max_steps=4", "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
+        f"paths.data_dir={synth_dir}", "run_name=weights", "data.batch_size=4", "data.num_workers=0",
+        "~callbacks.rich_progress_bar", "print_config=false", "logger=csv",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    sweep = tmp_path / "logs" / "train" / "multiruns" / "weights"
+    mpfc_logged = []
+    for job, weight in ((0, 0), (1, 100)):
+        ckpt = torch.load(sweep / str(job) / "checkpoints" / "last.ckpt", weights_only=True)
+        assert ckpt["global_step"] == 4 and ckpt["fvl_config"]["lit"]["task_weights"]["mpfc"] == weight
+        (metrics_csv,) = (sweep / str(job) / "csv").rglob("metrics.csv")
+        header = metrics_csv.read_text().splitlines()[0].split(",")
+        mpfc_logged.append("train/mpfc_loss" in header)
+    assert mpfc_logged == [False, True]

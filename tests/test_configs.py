@@ -53,6 +53,13 @@ def test_model_configs_build_offline(model: str, tmp_path: Path) -> None:
             and cfg.model.text_encoder.name == "bert-base-uncased"
         )
         return
+    if model == "unifashion":  # EVA ViT-g + Vicuna-7B: check the names (unifashion_tiny is built)
+        assert cfg.model.image_encoder.name == "eva_giant_patch14_clip_224.laion400m"
+        assert (
+            cfg.model.qformer.name == "Salesforce/blip2-itm-vit-g"
+            and cfg.model.llm.name == "lmsys/vicuna-7b-v1.1"
+        )
+        return
     if model in ("vq_tokenizer", "vq_tokenizer_ckpt"):  # need a weight file; tests/test_vqvae.py covers them
         assert cfg.model._target_.startswith("fashion_vl.models.vqvae.VQTokenizer.from_")
         return

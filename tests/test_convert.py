@@ -16,11 +16,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from fashion_vl.checkpoints.common import CheckpointLoadError, extract_state_dict, load_file, save_atomic
+from fashion_vl.checkpoints.common import CheckpointLoadError, extract_state_dict, load_file
 from fashion_vl.checkpoints.lavis import convert_lavis_state_dict
 from fashion_vl.checkpoints.mmf import convert_mmf_state_dict
 from fashion_vl.cli.convert import main
 from fashion_vl.models.vqvae import diffusers_to_taming
+from fashion_vl.utils.io import save_atomic
 from tests.conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -21,11 +21,14 @@ log = logging.getLogger("fashion_vl")
 CONFIG_ROOT = "pkg://fashion_vl.conf"
 
 
-# Deprecation notices raised inside third-party code, not actionable by our users.
+# Warnings raised inside third-party code that our users cannot act on.
 _THIRD_PARTY_NOISE = (
     r"'set_vital' is deprecated",
     r".*isinstance\(treespec, LeafSpec\)",
     r".*litlogger",
+    # our frozen parts (MPFC tokenizer, CSA-Net's BN and layer4, UniFashion's ViT/LLM) stay in eval mode
+    # by design; their modules' train() keeps them there
+    r"Found \d+ module\(s\) in eval mode at the start of training",
 )
 
 

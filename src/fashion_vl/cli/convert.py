@@ -32,8 +32,8 @@ from fashion_vl.checkpoints.common import (
     extract_state_dict,
     lightning_checkpoint,
     load_file,
-    save_atomic,
 )
+from fashion_vl.utils.io import save_atomic
 
 console = Console(width=200) if not Console().is_terminal else Console()
 

@@ -18,6 +18,7 @@ mlm_input_ids     long ``[B,L]``         (pre-training) ``input_ids`` with whole
 mlm_labels        long ``[B,L]``         (pre-training) original ids where masked, -100 elsewhere
 patch_mask        bool ``[B,N]``         (pre-training) grid cells to mask for MPFC
 attribute_targets float ``[B,A]``        (pre-training) PAC soft targets, zeros without attributes
+text              ``list[str]``          (``return_text``) the raw texts (UniFashion's LLM targets)
 ================  =====================  ==================================================
 
 Composed retrieval batches (:class:`ComposedCollator`): training ``reference_image``, ``target_image``
@@ -30,7 +31,7 @@ by every image of the batch's products: ``image`` ``[N,3,H,W]``, ``image_product
 ``image_key`` ``[N]`` (unique per image of the split), ``image_subcategory_id`` ``[N]`` and
 ``image_text_index`` ``[N]`` (the row of the image's product text in the batch). With a DataModule
 ``label`` (classification), training batches carry ``labels`` ``[B]`` and gallery batches
-``image_labels`` ``[N]``.
+``image_labels`` ``[N]``. With ``return_text`` both carry ``text``, the raw product texts.
 """
 
 from __future__ import annotations
@@ -91,9 +92,11 @@ class ImageTextCollator:
         patch_masking: BlockMasking | None = None,
         num_attributes: int | None = None,
         label: str | None = None,
+        return_text: bool = False,
     ) -> None:
         self.text = text
         self.label = label
+        self.return_text = return_text
         self.mlm = mlm.bind(text.tokenizer) if mlm is not None else None
         self.patch_masking = patch_masking
         self.num_attributes = num_attributes
@@ -103,6 +106,8 @@ class ImageTextCollator:
         for key in sorted(k for k in samples[0] if k.startswith("image_view")):
             batch[key] = torch.stack([s[key] for s in samples])
         batch.update(self.text([s["text"] for s in samples]))
+        if self.return_text:
+            batch["text"] = [s["text"] for s in samples]
         for key in ("product_id", "category_id", "subcategory_id"):
             batch[key] = _long(samples, key)
         batch["attributes"] = [tuple(s["attributes"]) for s in samples]
@@ -126,9 +131,10 @@ class ImageTextCollator:
 class GalleryCollator:
     """Batches :class:`~fashion_vl.data.datasets.ProductGalleryDataset` samples, flattening images."""
 
-    def __init__(self, text: TextTokenizer, label: str | None = None) -> None:
+    def __init__(self, text: TextTokenizer, label: str | None = None, return_text: bool = False) -> None:
         self.text = text
         self.label = label
+        self.return_text = return_text
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         images = [img for s in samples for img in s["images"]]
@@ -146,6 +152,8 @@ class GalleryCollator:
             ),
         }
         batch.update(self.text([s["text"] for s in samples]))
+        if self.return_text:
+            batch["text"] = [s["text"] for s in samples]
         for key in ("product_id", "category_id", "subcategory_id"):
             batch[key] = _long(samples, key)
         if self.label is not None:

@@ -149,6 +149,8 @@ class ProductDataModule(FashionDataModule):
         num_attributes: size of the pseudo-attribute vocabulary for PAC; adds ``attribute_targets``.
         label: ``subcategory`` or ``category``: classification targets (``labels`` in batches); every
             product of the sources must have that id (FashionGen does).
+        return_text: batches also carry the raw texts (``text``), for objectives with their own
+            tokenizer (UniFashion's LLM) and captioning metrics.
     """
 
     def __init__(
@@ -163,9 +165,11 @@ class ProductDataModule(FashionDataModule):
         patch_masking: BlockMasking | None = None,
         num_attributes: int | None = None,
         label: str | None = None,
+        return_text: bool = False,
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        self.return_text = return_text
         if label not in (None, "subcategory", "category"):
             raise ValueError(f"data.label must be 'subcategory', 'category' or null, not {label!r}")
         self.label = label
@@ -209,7 +213,9 @@ class ProductDataModule(FashionDataModule):
             raise RuntimeError("data.train_sources is empty: nothing to train on")
         return self.make_loader(
             self.train_set,
-            ImageTextCollator(self.text, self.mlm, self.patch_masking, self.num_attributes, self.label),
+            ImageTextCollator(
+                self.text, self.mlm, self.patch_masking, self.num_attributes, self.label, self.return_text
+            ),
             train=True,
             weights=self.train_set.sampling_weights(self.source_weights),
             epoch_size=self.samples_per_epoch,
@@ -218,12 +224,16 @@ class ProductDataModule(FashionDataModule):
     def val_dataloader(self) -> StatefulDataLoader | list:
         if self.val_set is None:
             return []
-        return self.make_loader(self.val_set, GalleryCollator(self.text, self.label), train=False)
+        return self.make_loader(
+            self.val_set, GalleryCollator(self.text, self.label, self.return_text), train=False
+        )
 
     def test_dataloader(self) -> StatefulDataLoader:
         if self.test_set is None:
             raise RuntimeError("data.test_source and data.val_source are both empty: nothing to evaluate")
-        return self.make_loader(self.test_set, GalleryCollator(self.text, self.label), train=False)
+        return self.make_loader(
+            self.test_set, GalleryCollator(self.text, self.label, self.return_text), train=False
+        )
 
 
 class _ComposedDataModule(FashionDataModule):

@@ -49,3 +49,42 @@ def random_resized_crop(
     else:
         ops = [v2.Resize((size, size), antialias=True)]
     return v2.Compose(ops + _to_float(mean, std))
+
+
+# CLIP's normalisation (EVA-CLIP ViTs, UniFashion's image encoder).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class PadToSquare(torch.nn.Module):
+    """Zero-pad an image ``[..., H, W]`` to a centred square when its aspect ratio exceeds ``ratio``
+    (CLIP4Cir's "targetpad", which UniFashion uses with ratio 1.25); nearly square images pass as they are."""
+
+    def __init__(self, ratio: float = 1.25) -> None:
+        super().__init__()
+        self.ratio = ratio
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        if max(h, w) / min(h, w) < self.ratio:
+            return image
+        side = max(h, w)
+        left, top = (side - w) // 2, (side - h) // 2
+        return v2.functional.pad(image, [left, top, side - w - left, side - h - top], fill=0)
+
+
+def target_pad(
+    train: bool,
+    size: int = 224,
+    ratio: float = 1.25,
+    mean: Sequence[float] = CLIP_MEAN,
+    std: Sequence[float] = CLIP_STD,
+) -> v2.Compose:
+    """UniFashion (CLIP4Cir's ``targetpad``): pad to square past ``ratio``, bicubic resize of the short
+    side to ``size``, centre crop; no augmentation, so ``train`` changes nothing."""
+    ops = [
+        PadToSquare(ratio),
+        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+    ]
+    return v2.Compose(ops + _to_float(mean, std))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_vl.losses._dist import gather_no_grad, gather_padded, rank
+from fashion_vl.losses._dist import gather_no_grad, gather_padded, gather_with_grad, rank
+from fashion_vl.losses.itc import max_over_queries
 from fashion_vl.losses.objective import eval_mode, output
 from fashion_vl.models.fashionvil import FashionViL
 from fashion_vl.models.heads import ItmHead
+
+if TYPE_CHECKING:
+    from fashion_vl.models.outputs import ImageTextEncoding
+    from fashion_vl.models.unifashion import UniFashion
 
 
 def hardest_negatives(
@@ -73,3 +80,86 @@ def pair_texts(
     chosen = torch.where(swap, negative, own)
     length = int(all_mask[chosen].sum(dim=1).max())
     return all_ids[chosen, :length], all_mask[chosen, :length]
+
+
+NEGATIVE_MODES = ("argmax", "sample")
+
+
+def mine_negatives(
+    similarity: torch.Tensor,
+    query_ids: torch.Tensor,
+    gallery_ids: torch.Tensor,
+    mode: str = "argmax",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One negative gallery column per query row, among columns of another product.
+
+    ``argmax``: the most similar (:func:`hardest_negatives`). ``sample``: drawn from the softmax of the
+    row over the non-positive columns (BLIP-2; ``similarity`` already divided by the temperature).
+    A row without any non-positive column (a batch of one product) draws uniformly from all columns.
+    """
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"ITM negatives must be one of {NEGATIVE_MODES}, not {mode!r}")
+    if mode == "argmax":
+        return hardest_negatives(similarity, query_ids, gallery_ids)
+    positive = query_ids[:, None] == gallery_ids[None, :]
+    weights = similarity.float().masked_fill(positive, float("-inf")).softmax(dim=1)
+    weights = torch.where(positive.all(dim=1, keepdim=True), torch.ones_like(weights), weights)
+    drawn = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1)
+    return drawn.to(similarity.device)
+
+
+def _pad_columns(x: torch.Tensor, length: int) -> torch.Tensor:
+    return F.pad(x, (0, length - x.shape[1]), value=0)
+
+
+class QueryItmLoss(nn.Module):
+    """BLIP-2's ITM with hard negatives, both directions: for every image a negative text, for every
+    text a negative image, mined from the ITC similarities (:func:`max_over_queries`) over the global
+    batch; the 3B pairs (positive, negative image, negative text) go through the Q-Former with queries
+    and text attending to the image, ``itm_head`` on the query outputs averaged over queries; CE with
+    labels 1/0/0. Negative image tokens come from every rank, gathered with gradient (``ln_vision``
+    trains), as in LAVIS.
+
+    Args:
+        negatives: ``argmax`` (the UniFashion reference: the hardest negative) or ``sample`` (BLIP-2:
+            drawn from the softmax of the similarities over the temperature). Positives are masked by
+            product id (the diagonal, and the product's other copies in the global batch). The reference
+            picks each image's negative text from its *text's* similarity row (the two directions'
+            indices are swapped); here each image's negative text comes from the image's own row.
+    """
+
+    def __init__(self, negatives: str = "argmax") -> None:
+        super().__init__()
+        if negatives not in NEGATIVE_MODES:
+            raise ValueError(f"ITM negatives must be one of {NEGATIVE_MODES}, not {negatives!r}")
+        self.negatives = negatives
+
+    def forward(
+        self, net: UniFashion, enc: ImageTextEncoding, batch: dict, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        ids, mask, products = batch["input_ids"], batch["attention_mask"], batch["product_id"]
+        n = ids.shape[0]
+        with torch.no_grad():
+            temperature = net.qformer.temp.detach()
+            all_products = gather_no_grad(products)
+            sim_i2t = max_over_queries(enc.image_feats, gather_no_grad(enc.text_feat)) / temperature
+            sim_t2i = max_over_queries(gather_no_grad(enc.image_feats), enc.text_feat).T / temperature
+            negative_text = mine_negatives(sim_i2t, products, all_products, self.negatives, generator)
+            negative_image = mine_negatives(sim_t2i, products, all_products, self.negatives, generator)
+            all_ids = gather_padded(ids, pad_value=0)
+            all_mask = gather_padded(mask, pad_value=0)
+        all_tokens = gather_with_grad(enc.image_tokens)
+        length = all_ids.shape[1]
+        pair_ids = torch.cat([_pad_columns(ids, length), _pad_columns(ids, length), all_ids[negative_text]])
+        pair_mask = torch.cat(
+            [_pad_columns(mask, length), _pad_columns(mask, length), all_mask[negative_text]]
+        )
+        keep = int(pair_mask.sum(dim=1).max())
+        pair_tokens = torch.cat([enc.image_tokens, all_tokens[negative_image], enc.image_tokens])
+        logits = net.qformer.itm_logits(pair_tokens, pair_ids[:, :keep], pair_mask[:, :keep])
+        labels = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(2 * n, dtype=torch.long)]).to(
+            ids.device
+        )
+        loss = F.cross_entropy(logits, labels)
+        return output(loss, acc=(logits.argmax(dim=1) == labels).float().mean())

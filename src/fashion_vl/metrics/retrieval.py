@@ -7,6 +7,9 @@ were produced with ``torch.topk`` (arbitrary order among ties); with continuous 
 
 A query may have several positives (a product with several images): it counts as a hit at K when
 any positive ranks within the top K. Percentages (0-100) throughout.
+
+Embeddings are ``[N, D]`` (dot-product scores) or, on one side, multi-vector ``[N, Q, D]``: an item
+with Q vectors scores its best vector (BLIP-2's image queries, :func:`similarity`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,42 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+
+def similarity(a: Tensor, b: Tensor) -> Tensor:
+    """Scores ``[A, B]`` between the rows of ``a`` and ``b``: dot products, or for a multi-vector side
+    (``[N, Q, D]``) the maximum over its Q vectors."""
+    if a.dim() == 2 and b.dim() == 2:
+        return a @ b.T
+    if a.dim() == 3 and b.dim() == 2:
+        return torch.einsum("aqd,bd->abq", a, b).amax(dim=-1)
+    if a.dim() == 2 and b.dim() == 3:
+        return torch.einsum("ad,bqd->abq", a, b).amax(dim=-1)
+    raise ValueError(
+        f"cannot score {tuple(a.shape)} against {tuple(b.shape)}: one side at most is multi-vector"
+    )
+
+
+def _vectors_per_item(x: Tensor) -> int:
+    return x.shape[1] if x.dim() == 3 else 1
+
+
+def candidate_scores(queries: Tensor, gallery: Tensor, candidates: Tensor, chunk_size: int = 64) -> Tensor:
+    """Scores ``[n, c]`` of each query row against its own candidates: the ``gallery`` rows indexed by
+    ``candidates [n, c]``, gathered ``chunk_size`` queries at a time to bound memory."""
+    out = []
+    for start in range(0, queries.shape[0], chunk_size):
+        q = queries[start : start + chunk_size].float()
+        g = gallery[candidates[start : start + chunk_size]].float()
+        if q.dim() == 2 and g.dim() == 3:
+            out.append(torch.einsum("nd,ncd->nc", q, g))
+        elif q.dim() == 3 and g.dim() == 3:
+            out.append(torch.einsum("nqd,ncd->ncq", q, g).amax(dim=-1))
+        elif q.dim() == 2 and g.dim() == 4:
+            out.append(torch.einsum("nd,ncqd->ncq", q, g).amax(dim=-1))
+        else:
+            raise ValueError(f"cannot score {tuple(q.shape)} queries against {tuple(g.shape)} candidates")
+    return torch.cat(out) if out else queries.new_zeros((0, candidates.shape[1]))
 
 
 def best_positive_ranks(
@@ -31,27 +70,30 @@ def best_positive_ranks(
     """1-based rank of each query's best-scoring positive under dot-product similarity.
 
     Args:
-        queries: ``[Q, D]`` query embeddings; gallery: ``[G, D]``.
+        queries: ``[Q, D]`` query embeddings; gallery: ``[G, D]`` (either may be multi-vector,
+            ``[N, V, D]``: see :func:`similarity`).
         query_ids, gallery_ids: ``[Q]``, ``[G]``; a gallery item is a positive when the ids are equal.
         query_groups, gallery_groups: optional ``[Q]``, ``[G]``; gallery items of another group than
             the query's are left out of its ranking (Polyvore OCIR ranks within the blank's category).
         exclude: optional ``[Q]`` gallery index left out of each query's ranking, -1 for none
             (composed retrieval on Fashion200k never ranks the query's own image).
-        chunk_size: queries scored at once, bounding memory to ``chunk_size x G`` scores.
+        chunk_size: queries scored at once, bounding memory to ``chunk_size x G`` scores (divided by the
+            vectors per item for multi-vector embeddings).
 
     Returns:
         ``[Q]`` long ranks; ``G + 1`` for a query without any positive in its gallery (always a miss).
     """
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"embedding sizes differ: queries {queries.shape[1]}, gallery {gallery.shape[1]}")
+    if queries.shape[-1] != gallery.shape[-1]:
+        raise ValueError(f"embedding sizes differ: queries {queries.shape[-1]}, gallery {gallery.shape[-1]}")
     if (query_groups is None) != (gallery_groups is None):
         raise ValueError("give both query_groups and gallery_groups, or neither")
     gallery_ids = gallery_ids.to(queries.device)
     miss = gallery.shape[0] + 1
     ranks = []
+    chunk_size = max(1, chunk_size // max(_vectors_per_item(queries), _vectors_per_item(gallery)))
     for start in range(0, queries.shape[0], chunk_size):
         q = queries[start : start + chunk_size]
-        scores = (q @ gallery.T).float()  # [c, G]
+        scores = similarity(q, gallery).float()  # [c, G]
         if torch.isnan(scores).any():
             raise ValueError("NaN similarity scores: the embeddings contain NaN")
         positive = query_ids[start : start + chunk_size, None].to(q.device) == gallery_ids[None]
@@ -148,7 +190,7 @@ def sample100_ranks(
     available = int((~same_id).sum(dim=1).min())
     negatives = keys.masked_fill(same_id, -1.0).topk(min(num_negatives, available), dim=1).indices
     candidates = torch.cat([positive[:, None], negatives], dim=1)  # [q, 1 + n]
-    scores = torch.einsum("qd,qcd->qc", queries[q].float(), gallery[candidates].float())
+    scores = candidate_scores(queries[q], gallery, candidates)
     if torch.isnan(scores).any():
         raise ValueError("NaN similarity scores: the embeddings contain NaN")
     return (scores[:, 1:] >= scores[:, :1]).sum(dim=1) + 1

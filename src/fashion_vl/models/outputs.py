@@ -14,3 +14,13 @@ class FusedOutput:
     text: torch.Tensor  # [B, L, D] hidden states at the text positions
     visual: torch.Tensor  # [B, N, D] hidden states at the visual positions
     pooled: torch.Tensor | None  # [B, D] BERT pooler on the text [CLS], None if the model has no pooler
+
+
+@dataclass
+class ImageTextEncoding:
+    """UniFashion's shared passes over an image-text batch, computed once and read by every objective."""
+
+    image_tokens: torch.Tensor  # [B, N, C] frozen ViT tokens after ln_vision
+    query_states: torch.Tensor  # [B, Q, H] Q-Former query outputs over the image (no text)
+    image_feats: torch.Tensor  # [B, Q, E] normalised contrastive features of the queries
+    text_feat: torch.Tensor  # [B, E] normalised contrastive feature of the text [CLS]

@@ -1,0 +1,176 @@
+"""UniFashion phase 1 (``shared/reference/unifashion.md`` §2): ITC, ITM with hard negatives and ITG on
+the Q-Former, plus the LLM caption loss; validated by FashionGen cross-modal retrieval and captioning."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from fashion_vl.lit.retrieval import GalleryRetrievalModule
+from fashion_vl.losses._dist import rank
+from fashion_vl.metrics.captioning import CaptionScores
+from fashion_vl.models.unifashion import UniFashion
+from fashion_vl.models.unifashion.model import DEFAULT_CAPTION_PROMPT
+
+DEFAULT_CAPTION_EVAL = {
+    "max_images": 256,  # per rank and evaluation; 0 turns captioning off
+    "prompt": DEFAULT_CAPTION_PROMPT,
+    "max_new_tokens": 30,
+    "num_beams": 1,
+}
+
+
+class UniFashionPretrainModule(GalleryRetrievalModule):
+    """Phase 1: every objective with a positive weight runs each step on one shared encoding (the frozen
+    ViT, the query pass and the text pass run once); the loss is their weighted sum.
+
+    Logged in training: ``train/loss``, ``train/{objective}_loss`` and the objectives' metrics
+    (``train/itm_acc``, ``train/itc_temperature``...). Validation and test: cross-modal recall with
+    max-over-queries similarity (``{split}/{protocol}/...`` as the other retrieval tasks) and, when the
+    model has an LLM, captions of the first ``caption_eval.max_images`` products' first images scored
+    against the product texts (``{split}/caption/bleu_4``, ``.../cider``...).
+
+    Frozen parts (the ViT; the LLM unless it has LoRA adapters) have ``requires_grad=False``, so
+    :func:`~fashion_vl.optim.param_groups` leaves them out of the optimizer, and stay in eval mode.
+
+    Args:
+        net: the :class:`~fashion_vl.models.unifashion.UniFashion` network.
+        objectives: name -> objective (``itc``, ``itm``, ``itg``, ``caption``), each called as
+            ``objective(net, encoding, batch, generator)``.
+        loss_weights: name -> weight; 0 (or absent) switches an objective off.
+        seed: seeds per-step random choices (sampled negatives, instructions).
+        caption_eval: captioning during evaluation: ``max_images`` (per rank), ``prompt``,
+            ``max_new_tokens``, ``num_beams`` and any other ``generate`` argument.
+        optimizer, scheduler, lr_multiplier, fast_modules, ks, protocols: see
+            :class:`~fashion_vl.lit.retrieval.GalleryRetrievalModule`.
+    """
+
+    def __init__(
+        self,
+        net: UniFashion,
+        objectives: Mapping[str, nn.Module],
+        loss_weights: Mapping[str, float],
+        optimizer: Any,
+        scheduler: Any = None,
+        seed: int = 0,
+        caption_eval: Mapping[str, Any] | None = None,
+        lr_multiplier: float = 1.0,
+        fast_modules: Sequence[str] = (),
+        ks: Sequence[int] = (1, 5, 10),
+        protocols: Sequence[str] = ("full", "sample100"),
+    ) -> None:
+        super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules, ks, protocols)
+        self.save_hyperparameters(logger=False, ignore=["net", "objectives", "optimizer", "scheduler"])
+        unknown = sorted(set(loss_weights) - set(objectives))
+        if unknown:
+            raise KeyError(f"lit.loss_weights names objectives that are not built: {unknown}")
+        if any(w < 0 for w in loss_weights.values()):
+            raise ValueError("lit.loss_weights must be non-negative")
+        self.weights = {name: float(w) for name, w in loss_weights.items() if w > 0}
+        if not self.weights:
+            raise ValueError("lit.loss_weights: every weight is zero")
+        if "caption" in self.weights and net.llm is None:
+            raise ValueError("lit.loss_weights.caption > 0 needs an LLM (model.llm)")
+        self.objectives = nn.ModuleDict({name: objectives[name] for name in self.weights})
+        self.seed = seed
+        self.caption_eval = {**DEFAULT_CAPTION_EVAL, **(caption_eval or {})}
+        self.val_captions = CaptionScores()
+        self.test_captions = CaptionScores()
+
+    def configure_optimizers(self) -> dict:
+        """As the base class, and for the reference's ``OneCycleLR``: ``total_steps: null`` becomes the
+        run's number of optimisation steps and ``max_lr: null`` each parameter group's own learning rate
+        (so ``lr_multiplier`` still applies)."""
+        factory = self.scheduler_factory
+        self.scheduler_factory = None
+        try:
+            config = super().configure_optimizers()
+        finally:
+            self.scheduler_factory = factory
+        if factory is None:
+            return config
+        optimizer = config["optimizer"]
+        keywords = getattr(factory, "keywords", None) or {}
+        filled = {}
+        if "total_steps" in keywords and keywords["total_steps"] is None:
+            filled["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "max_lr" in keywords and keywords["max_lr"] is None:
+            filled["max_lr"] = [group["lr"] for group in optimizer.param_groups]
+        scheduler = factory(optimizer=optimizer, **filled)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank())
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        bs = self.batch_size_of(batch)
+        encoding = self.net.encode_pair(batch["image"], batch["input_ids"], batch["attention_mask"])
+        generator = self._generator(self.global_step)
+        total = None
+        for name, weight in self.weights.items():
+            out = self.objectives[name](self.net, encoding, batch, generator)
+            for key, value in out.items():
+                self.log(f"train/{name}_{key}", value, batch_size=bs)
+            total = weight * out["loss"] if total is None else total + weight * out["loss"]
+        self.log("train/loss", total, batch_size=bs, prog_bar=True)
+        return total
+
+    # ----------------------------------------------------------------------------------- evaluation
+    def _evaluate(self, batch: dict, recall, captions: CaptionScores) -> None:
+        text = self.net.encode_text(batch["input_ids"], batch["attention_mask"])
+        queries = None
+        if batch["image"].numel():
+            queries = self.net.qformer.query_states(self.net.image_tokens(batch["image"]))
+            image = self.net.qformer.project_image(queries)
+        else:  # every image of these products failed to load
+            image = text.new_zeros((0, self.net.qformer.num_query_tokens, text.shape[1]))
+        recall.update(
+            image, batch["image_product_id"], batch["image_key"], text, batch["product_id"],
+            image_groups=batch["image_subcategory_id"], text_groups=batch["subcategory_id"],
+        )  # fmt: skip
+        budget = int(self.caption_eval["max_images"]) - len(captions)
+        if self.net.llm is None or queries is None or budget <= 0:
+            return
+        if "text" not in batch:
+            raise KeyError("captioning evaluation needs the raw texts: set data.return_text=true")
+        rows = batch["image_text_index"]
+        first = torch.ones_like(rows, dtype=torch.bool)
+        first[1:] = rows[1:] != rows[:-1]  # the first image of each product
+        chosen = first.nonzero().squeeze(1)[:budget]
+        options = {k: v for k, v in self.caption_eval.items() if k not in ("max_images", "prompt")}
+        hypotheses = self.net.generate_from_queries(queries[chosen], self.caption_eval["prompt"], **options)
+        captions.update(hypotheses, [batch["text"][int(i)] for i in rows[chosen]])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_recall, self.val_captions)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_recall, self.test_captions)
+
+    def _log_captions(self, split: str, captions: CaptionScores) -> None:
+        if self.net.llm is None or int(self.caption_eval["max_images"]) <= 0:
+            return
+        values = captions.compute()
+        if values:
+            self.log_dict(
+                {f"{split}/caption/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=False
+            )
+
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        self.val_captions.reset()
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self.test_captions.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self._log_captions("val", self.val_captions)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self._log_captions("test", self.test_captions)

@@ -1,0 +1,83 @@
+"""The frozen ViT whose patch tokens the Q-Former reads."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fashion_vl.models.encoders.image import create_timm_trunk
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or null, not {dtype!r}")
+    return _DTYPES[dtype]
+
+
+class FrozenViT(nn.Module):
+    """A timm ViT trunk as a frozen token encoder: ``[B, 3, H, W] -> [B, 1 + N, C]`` (class token first).
+
+    BLIP-2 reads EVA-CLIP ViT-g/14 with its last block dropped and without a final norm (LAVIS builds
+    39 of its 40 blocks and applies its own ``ln_vision``, which lives in the Q-Former here); timm's
+    ``eva_giant_patch14_clip_224.laion400m`` with ``num_blocks: 39, final_norm: false`` is that
+    network. A tiny random timm ViT serves CPU tests.
+
+    When ``frozen`` (the default) the parameters have ``requires_grad=False`` (so no optimizer state),
+    the forward runs without autograd, and the module stays in eval mode whatever ``train()`` asks.
+
+    Args:
+        name: timm model name; pretrained, checkpoint_path: as :func:`create_timm_trunk`.
+        num_blocks: keep only the first ``num_blocks`` transformer blocks (``None``: all).
+        final_norm: keep the trunk's final LayerNorm.
+        dtype: store and run the trunk in this dtype (``float16`` as LAVIS's ``vit_precision``); the
+            output is float32.
+        frozen: see above.
+        timm_kwargs: passed to ``timm.create_model`` (``img_size``, and sizes for a tiny variant).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        pretrained: bool = False,
+        checkpoint_path: str | None = None,
+        num_blocks: int | None = None,
+        final_norm: bool = False,
+        dtype: str | None = None,
+        frozen: bool = True,
+        **timm_kwargs,
+    ) -> None:
+        super().__init__()
+        trunk = create_timm_trunk(name, pretrained, checkpoint_path, **timm_kwargs)
+        if not hasattr(trunk, "blocks"):
+            raise ValueError(f"model.image_encoder.name={name} is not a ViT (no .blocks)")
+        if num_blocks is not None:
+            if not 0 < num_blocks <= len(trunk.blocks):
+                raise ValueError(
+                    f"model.image_encoder.num_blocks={num_blocks}: {name} has {len(trunk.blocks)}"
+                )
+            trunk.blocks = trunk.blocks[:num_blocks]
+        if not final_norm:
+            trunk.norm = nn.Identity()
+        self.dtype = resolve_dtype(dtype)
+        if self.dtype is not None:
+            trunk = trunk.to(self.dtype)
+        self.trunk = trunk
+        self.num_features: int = trunk.num_features
+        self.frozen = frozen
+        if frozen:
+            self.requires_grad_(False)
+            super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenViT:
+        return super().train(False if self.frozen else mode)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.dtype is not None:
+            images = images.to(self.dtype)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            tokens = self.trunk.forward_features(images)
+        return tokens.float()
