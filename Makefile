@@ -8,6 +8,10 @@ DATA ?= data/synthetic
 SEED ?= 0
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+# pip installs with --no-compile (byte-compiling all of torch and transformers takes ~70 s on 2 cores);
+# Python then compiles just the modules that are imported, once, so it must be allowed to write them.
+unexport PYTHONDONTWRITEBYTECODE
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
 
 .PHONY: install demo test test-all lint format clean help
 
@@ -21,11 +25,11 @@ help:
 # `make demo` then `make test` installs the core once).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	$(PIP_INSTALL) -e .
 	@touch $(STAMP)
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP_INSTALL) -e ".[dev]"
 	@touch $(DEV_STAMP)
 
 install: $(DEV_STAMP)

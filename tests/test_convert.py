@@ -509,3 +509,26 @@ def test_state_dict_is_found_in_the_usual_wrappers() -> None:
         assert extract_state_dict(payload) == sd
     with pytest.raises(CheckpointLoadError, match="no single state dict"):
         extract_state_dict({"a": sd, "b": sd})
+
+
+def test_lavis_output_initialises_our_unifashion_qformer(tmp_path) -> None:
+    """The converter's contract, end to end: its output is what `model.qformer.init_from` reads."""
+    from fashion_vl.models.unifashion import build_qformer
+
+    reference = tiny_blip2()
+    lavis = {k: v for k, v in to_lavis(reference.state_dict()).items() if not k.startswith("visual_encoder.")}
+    extras = {"temp": torch.tensor(0.05), "prompt_tokens": torch.randn(1, 4, 32),
+              "llm_proj.weight": torch.randn(64, 32), "llm_proj.bias": torch.randn(64)}  # fmt: skip
+    torch.save({**lavis, **itg_head(lavis), **extras}, tmp_path / "lavis.pth")
+    assert main(["lavis", str(tmp_path / "lavis.pth"), str(tmp_path / "out.ckpt")]) == 0
+    qformer = build_qformer(
+        pretrained=False, num_query_tokens=4, embed_dim=16, bos_token_id=99, num_prompt_tokens=4,
+        llm_hidden_size=64, init_from=str(tmp_path / "out.ckpt"), vocab_size=100, hidden_size=32,
+        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
+        cross_attention_frequency=2, encoder_hidden_size=32,
+    )  # fmt: skip
+    ours = qformer.state_dict()
+    expected = {k: v for k, v in reference.state_dict().items() if not k.startswith("vision_model.")}
+    expected |= {"ln_vision.weight": reference.state_dict()["vision_model.post_layernorm.weight"]} | extras
+    for key, value in expected.items():
+        assert torch.equal(ours[key].reshape(value.shape), value), key
