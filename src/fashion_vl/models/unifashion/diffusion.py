@@ -1,0 +1,531 @@
+"""UniFashion's diffusion branch (``shared/reference/unifashion.md`` §1), BLIP-Diffusion style: the
+Q-Former's query outputs condition Stable Diffusion through its CLIP text encoder.
+
+Everything that exists elsewhere comes from there: the UNet, the VAE and the noise schedules from
+diffusers, the CLIP text encoder and tokenizers from transformers. Written here is only the glue that
+neither library has: the query projection (:class:`ProjLayer`), the splice of the projected queries
+into the text encoder's input (:class:`QueryConditionedTextEncoder`), the noise loss with condition
+drop-out and the guided DDIM loop (:class:`DiffusionBranch`), and the inpainting-style widening of the
+UNet's input (:func:`widen_unet_input`) that try-on needs.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
+from transformers.masking_utils import create_causal_mask
+
+from fashion_vl.models.encoders.text import load_tokenizer
+from fashion_vl.models.hub import load_pretrained
+
+SD15 = "runwayml/stable-diffusion-v1-5"
+# Stable Diffusion v1.5's training schedule (its scheduler/scheduler_config.json), kept here rather
+# than read from the hub so that a tiny random branch gets the same noise levels offline.
+SD15_NOISE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+}
+# DDIM as SD v1.x samples with it: no clipping of x0 (latents are not in [-1, 1]), the final step to
+# alpha_0 rather than 1, timesteps offset by one (the last one is 981, not 980).
+DDIM_SAMPLING: dict[str, Any] = {"clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+class QuickGELU(nn.Module):
+    """CLIP's GELU approximation, ``x * sigmoid(1.702 x)``, as BLIP-Diffusion's ProjLayer uses it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class ProjLayer(nn.Module):
+    """BLIP-Diffusion's projection of the query outputs into the text encoder's embedding space:
+    ``x + dropout(dense2(act(dense1(LayerNorm(x)))))``.
+
+    Hand-written because no library ships it (diffusers has it only inside its deprecated
+    BLIP-Diffusion pipeline). The submodule names are BLIP-Diffusion's (``dense1``, ``dense2``,
+    ``LayerNorm``) so that a converted UniFashion/BLIP-Diffusion ``proj_layer`` state dict loads as is,
+    and ``LayerNorm.weight`` falls in the optimizer's no-decay group like BERT's.
+
+    Args:
+        in_dim: query width (768, the Q-Former's); must equal ``out_dim`` (the residual).
+        hidden_dim: MLP width (3072).
+        out_dim: the text encoder's embedding width (768 for SD v1.5's CLIP ViT-L/14 text tower).
+        dropout: on the MLP output (0.1).
+        eps: LayerNorm epsilon (1e-12, BERT's).
+    """
+
+    def __init__(
+        self,
+        in_dim: int = 768,
+        hidden_dim: int = 3072,
+        out_dim: int = 768,
+        dropout: float = 0.1,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__()
+        if in_dim != out_dim:
+            raise ValueError(
+                f"ProjLayer adds its input back, so the query width ({in_dim}) must equal the text "
+                f"encoder's ({out_dim})"
+            )
+        self.LayerNorm = nn.LayerNorm(in_dim, eps=eps)  # BLIP-Diffusion's name, see above
+        self.dense1 = nn.Linear(in_dim, hidden_dim)
+        self.act_fn = QuickGELU()
+        self.dense2 = nn.Linear(hidden_dim, out_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.dense2(self.act_fn(self.dense1(self.LayerNorm(x)))))
+
+
+class QueryConditionedTextEncoder(nn.Module):
+    """A frozen CLIP text encoder whose input sequence gets context embeddings spliced in at
+    ``context_position``: ``[tok_0 .. tok_{p-1} ; ctx_1 .. ctx_N ; tok_p .. tok_{L-1}]``.
+
+    Hand-written because transformers' ``CLIPTextModel.forward`` (5.x) takes only ``input_ids``: it
+    has no ``inputs_embeds``. The pieces it runs are public submodules, so this runs the same ones in
+    the same order on the spliced sequence: token embeddings, then ``embeddings(inputs_embeds=...)``
+    adds position embeddings ``0 .. L+N-1`` (the queries take real positions, as in BLIP-Diffusion),
+    the same causal mask over the whole sequence (a token sees the queries only if it comes after
+    them: the BOS and first prompt token do not), the encoder layers and the final LayerNorm.
+
+    The text encoder is frozen (``requires_grad=False``, always in eval mode) but not detached:
+    gradients flow through it to the context embeddings, i.e. to the ProjLayer.
+
+    Args:
+        model: a ``CLIPTextModel``.
+        context_position: where the context goes (2: after BOS and the first prompt token).
+        eos_token_id: the tokenizer's end token, for the pooled output.
+    """
+
+    def __init__(
+        self, model: CLIPTextModel, context_position: int = 2, eos_token_id: int | None = None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.context_position = context_position
+        self.eos_token_id = eos_token_id
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> QueryConditionedTextEncoder:
+        return super().train(False)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def splice(self, input_ids: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings ``[B, L+N, D]`` (no positions yet) with ``context [B, N, D]`` at
+        ``context_position``."""
+        tokens = self.model.embeddings.token_embedding(input_ids)  # [B, L, D]
+        if context is None:
+            return tokens
+        p = self.context_position
+        return torch.cat([tokens[:, :p], context.to(tokens.dtype), tokens[:, p:]], dim=1)
+
+    def forward(
+        self, input_ids: torch.Tensor, context: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(last_hidden_state [B, L+N, D], pooled [B, D])``: the UNet reads the first; the second is
+        the state at the prompt's first end token, moved right by the N context positions (CLIP's own
+        pooling finds it in ``input_ids``, which no longer line up with the sequence)."""
+        embeds = self.splice(input_ids, context)
+        hidden = self.model.embeddings(inputs_embeds=embeds)  # + position embeddings 0..L+N-1
+        mask = create_causal_mask(
+            config=self.model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None
+        )
+        hidden = self.model.encoder(
+            inputs_embeds=hidden, attention_mask=mask, is_causal=True
+        ).last_hidden_state
+        hidden = self.model.final_layer_norm(hidden)
+        eos = self.eos_token_id if self.eos_token_id is not None else self.model.config.eos_token_id
+        index = (input_ids == eos).int().argmax(dim=1)  # first end token (CLIP pads with it too)
+        if context is not None:
+            index = torch.where(index >= self.context_position, index + context.shape[1], index)
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+        return hidden, pooled
+
+
+def widen_unet_input(unet: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
+    """Give ``unet.conv_in`` ``extra_channels`` more input channels whose weights start at zero, so the
+    widened UNet computes exactly what it did on the original channels whatever the extra ones hold.
+
+    Hand-written because diffusers widens a UNet this way only inside its inpainting training script;
+    this is that recipe (SD-inpainting's 9 channels, StableVITON's 13: noisy latent 4 + agnostic
+    latent 4 + mask 1 + dense-pose latent 4). The config's ``in_channels`` follows, so a saved UNet
+    reloads at its new width. In place; returns ``unet``.
+    """
+    if extra_channels < 0:
+        raise ValueError(f"extra_channels must be >= 0, not {extra_channels}")
+    old = unet.conv_in
+    new = nn.Conv2d(
+        old.in_channels + extra_channels,
+        old.out_channels,
+        kernel_size=old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        bias=old.bias is not None,
+        device=old.weight.device,
+        dtype=old.weight.dtype,
+    )
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:, : old.in_channels] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    new.requires_grad_(old.weight.requires_grad)
+    unet.conv_in = new
+    unet.register_to_config(in_channels=new.in_channels)
+    return unet
+
+
+class DiffusionBranch(nn.Module):
+    """Stable Diffusion conditioned on Q-Former query outputs.
+
+    Conditioning: query outputs ``[B, N, Hq]`` -> :class:`ProjLayer` -> spliced into the tokenised
+    prompt at ``context_position`` -> CLIP text encoder -> ``[B, L+N, D]`` cross-attention context
+    of the UNet. The unconditional context (condition drop-out in training, classifier-free guidance
+    at sampling) is ``negative_prompt`` without queries, tokenised to the same length L+N, as
+    BLIP-Diffusion's negative prompt.
+
+    Training (:meth:`loss`): VAE latents x ``scaling_factor`` (0.18215 for SD), DDPM noise at a
+    uniform timestep, MSE between the UNet's prediction and the noise (or the velocity for a
+    ``v_prediction`` schedule). Sampling (:meth:`sample`): DDIM from Gaussian latents with guidance.
+
+    Frozen, in eval mode and out of the optimizer: the VAE and the text encoder. Trained: the
+    ProjLayer, and the UNet when ``train_unet``.
+
+    Args:
+        vae, unet: diffusers' ``AutoencoderKL`` and ``UNet2DConditionModel``.
+        text_encoder: the :class:`QueryConditionedTextEncoder`.
+        proj: the :class:`ProjLayer` (its output width must be the text encoder's).
+        tokenizer: the text encoder's tokenizer, or a callable returning it (loaded on first use, so a
+            branch can be built before the data folder that holds a tokenizer exists).
+        noise_schedule: ``DDPMScheduler`` arguments (betas, ``num_train_timesteps``,
+            ``prediction_type``); DDIM sampling uses the same betas.
+        resolution: image side in pixels (a multiple of the VAE's and UNet's downsampling).
+        max_prompt_length: prompt tokens, context excluded; default: what is left of the text
+            encoder's positions after the N queries (77 - 32 = 45 for SD v1.5 with 32 queries).
+        negative_prompt: text of the unconditional context.
+        train_unet: train the UNet (else frozen like the VAE).
+    """
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        unet: UNet2DConditionModel,
+        text_encoder: QueryConditionedTextEncoder,
+        proj: ProjLayer,
+        tokenizer: PreTrainedTokenizerBase | Any,
+        noise_schedule: Mapping[str, Any] | None = None,
+        resolution: int = 512,
+        max_prompt_length: int | None = None,
+        negative_prompt: str = "",
+        train_unet: bool = True,
+    ) -> None:
+        super().__init__()
+        if unet.config.cross_attention_dim != text_encoder.hidden_size:
+            raise ValueError(
+                f"the UNet cross-attends to {unet.config.cross_attention_dim}-d context but the text encoder "
+                f"is {text_encoder.hidden_size}-d: set the UNet's cross_attention_dim"
+            )
+        if proj.dense2.out_features != text_encoder.hidden_size:
+            raise ValueError(
+                f"the ProjLayer gives {proj.dense2.out_features}-d context embeddings but the text encoder "
+                f"is {text_encoder.hidden_size}-d"
+            )
+        self.vae = vae
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.proj = proj
+        self._tokenizer = tokenizer
+        self.noise_schedule = {**SD15_NOISE_SCHEDULE, **(noise_schedule or {})}
+        self.noise_scheduler = DDPMScheduler(**self.noise_schedule)
+        self.resolution = resolution
+        self.max_prompt_length = max_prompt_length
+        self.negative_prompt = negative_prompt
+        self.train_unet = train_unet
+        self.vae.requires_grad_(False)
+        if not train_unet:
+            self.unet.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> DiffusionBranch:
+        super().train(mode)
+        self.vae.train(False)
+        self.unet.train(mode and self.train_unet)
+        return self
+
+    # ------------------------------------------------------------------------------------ pieces
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if callable(self._tokenizer) and not isinstance(self._tokenizer, PreTrainedTokenizerBase):
+            self._tokenizer = self._tokenizer()
+            if self.text_encoder.eos_token_id is None:
+                self.text_encoder.eos_token_id = _eos_id(self._tokenizer)
+        return self._tokenizer
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    def prompt_length(self, num_queries: int) -> int:
+        return self.max_prompt_length or self.text_encoder.max_length - num_queries
+
+    def tokenize(self, prompts: Sequence[str], length: int) -> torch.Tensor:
+        """``[B, length]`` ids padded to ``length`` with no attention mask: SD's text encoder always
+        reads the full padded sequence, and its UNet cross-attends to every position."""
+        tok = self.tokenizer
+        ids = tok(
+            list(prompts), padding="max_length", truncation=True, max_length=length, return_tensors="pt"
+        )
+        return ids.input_ids.to(self.proj.dense1.weight.device)
+
+    def encode_condition(self, query_outputs: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Cross-attention context ``[B, L+N, D]`` of the prompts with the projected queries spliced in."""
+        if len(prompts) != query_outputs.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {query_outputs.shape[0]} query sets")
+        context = self.proj(query_outputs)
+        ids = self.tokenize(prompts, self.prompt_length(query_outputs.shape[1]))
+        return self.text_encoder(ids, context)[0]
+
+    def encode_unconditional(self, batch_size: int, length: int) -> torch.Tensor:
+        """The negative prompt's context ``[B, length, D]`` (no queries; frozen, so no graph)."""
+        with torch.no_grad():
+            hidden = self.text_encoder(self.tokenize([self.negative_prompt], length))[0]
+        return hidden.expand(batch_size, -1, -1)
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Scaled VAE latents of ``images [B, 3, H, W]`` in ``[-1, 1]`` (a sample of the posterior)."""
+        dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+        return dist.sample(generator) * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in ``[0, 1]`` from scaled latents."""
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return (images.float() / 2 + 0.5).clamp(0, 1)
+
+    def predict_noise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor,
+        extra_inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The UNet's prediction; ``extra_inputs`` (try-on conditions) are concatenated to the latents
+        along channels for a UNet widened by :func:`widen_unet_input`."""
+        x = latents if extra_inputs is None else torch.cat([latents, extra_inputs], dim=1)
+        if x.shape[1] != self.unet.config.in_channels:
+            raise ValueError(
+                f"the UNet takes {self.unet.config.in_channels} input channels, not {x.shape[1]}"
+            )
+        return self.unet(x, timesteps, encoder_hidden_states=context.to(self.unet.dtype)).sample
+
+    def guided_noise(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor | int,
+        condition: torch.Tensor,
+        unconditional: torch.Tensor,
+        guidance_scale: float,
+        extra_inputs: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Classifier-free guidance ``eps_u + s (eps_c - eps_u)``; both predictions in one UNet pass."""
+        x = torch.cat([latents, latents])
+        extra = None if extra_inputs is None else torch.cat([extra_inputs, extra_inputs])
+        eps = self.predict_noise(x, timestep, torch.cat([unconditional, condition]), extra)
+        eps_u, eps_c = eps.chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    # --------------------------------------------------------------------------------- training
+    def loss(
+        self,
+        query_outputs: torch.Tensor,
+        images: torch.Tensor,
+        prompts: Sequence[str],
+        generator: torch.Generator | None = None,
+        condition_drop: float = 0.0,
+    ) -> torch.Tensor:
+        """Noise-prediction MSE on ``images [B, 3, R, R]`` in ``[-1, 1]`` conditioned on the queries
+        ``[B, N, Hq]`` and prompts; each sample's condition is replaced by the unconditional context
+        with probability ``condition_drop`` (what classifier-free guidance needs at sampling)."""
+        if images.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])}, the branch trains at {self.resolution} px"
+            )
+        latents = self.encode_images(images, generator)
+        b, device = latents.shape[0], latents.device
+        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (b,), generator=generator).to(device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        context = self.encode_condition(query_outputs, prompts)
+        if condition_drop > 0:
+            drop = (torch.rand(b, generator=generator) < condition_drop).to(device)
+            uncond = self.encode_unconditional(b, context.shape[1]).to(context.dtype)
+            context = torch.where(drop[:, None, None], uncond, context)
+        pred = self.predict_noise(noisy, timesteps, context)
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ValueError(
+                f"noise_schedule.prediction_type={kind!r} is not supported (epsilon, v_prediction)"
+            )
+        return F.mse_loss(pred.float(), target.float())
+
+    # --------------------------------------------------------------------------------- sampling
+    def ddim_scheduler(self) -> DDIMScheduler:
+        schedule = {k: v for k, v in self.noise_schedule.items() if k != "variance_type"}
+        return DDIMScheduler(**{**schedule, **DDIM_SAMPLING})
+
+    @torch.no_grad()
+    def sample(
+        self,
+        query_outputs: torch.Tensor,
+        prompts: Sequence[str],
+        num_steps: int = 50,
+        guidance_scale: float = 7.5,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        resolution: int | None = None,
+    ) -> torch.Tensor:
+        """Images ``[B, 3, R, R]`` in ``[0, 1]`` by DDIM (``eta=0``: deterministic given the initial
+        noise, so given ``generator``); guidance only when ``guidance_scale != 1`` (at 1 it is the
+        conditional prediction). Runs in eval mode (no ProjLayer dropout) and restores the mode."""
+        was_training = self.training
+        self.train(False)
+        try:
+            side = resolution or self.resolution
+            if side % (self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)):
+                raise ValueError(f"resolution {side} is not a multiple of the VAE and UNet downsampling")
+            condition = self.encode_condition(query_outputs, prompts)
+            b = condition.shape[0]
+            unconditional = self.encode_unconditional(b, condition.shape[1]) if guidance_scale != 1 else None
+            scheduler = self.ddim_scheduler()
+            scheduler.set_timesteps(num_steps, device=condition.device)
+            size = side // self.vae_scale_factor
+            shape = (b, self.latent_channels, size, size)
+            latents = randn_tensor(shape, generator=generator, device=condition.device, dtype=self.unet.dtype)
+            latents = latents * scheduler.init_noise_sigma
+            for t in scheduler.timesteps:
+                x = scheduler.scale_model_input(latents, t)
+                if unconditional is None:
+                    eps = self.predict_noise(x, t, condition)
+                else:
+                    eps = self.guided_noise(x, t, condition, unconditional, guidance_scale)
+                latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
+            return self.decode_latents(latents)
+        finally:
+            self.train(was_training)
+
+
+def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The end token: CLIP's ``<|endoftext|>``, or ``[SEP]`` for the BERT-style tokenizer of tiny runs."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    if eos is None:
+        raise ValueError("the diffusion tokenizer has neither an end-of-text nor a [SEP] token")
+    return eos
+
+
+def build_diffusion_branch(
+    name: str = SD15,
+    pretrained: bool = True,
+    tokenizer: str | None = None,
+    query_dim: int = 768,
+    proj_hidden_dim: int = 3072,
+    proj_dropout: float = 0.1,
+    context_position: int = 2,
+    resolution: int = 512,
+    max_prompt_length: int | None = None,
+    negative_prompt: str = "",
+    train_unet: bool = True,
+    gradient_checkpointing: bool = False,
+    noise_schedule: Mapping[str, Any] | None = None,
+    unet: Mapping[str, Any] | None = None,
+    vae: Mapping[str, Any] | None = None,
+    text_encoder: Mapping[str, Any] | None = None,
+) -> DiffusionBranch:
+    """The branch from a Stable Diffusion folder or hub id (``pretrained``: its ``unet``, ``vae``,
+    ``text_encoder`` and ``tokenizer`` subfolders, offline-safe), or randomly initialised from the
+    ``unet`` / ``vae`` / ``text_encoder`` architecture arguments (tiny CPU branches).
+
+    Args:
+        name: SD v1.x hub id or local folder (``runwayml/stable-diffusion-v1-5``).
+        pretrained: load ``name``'s weights; otherwise build the architectures below at random.
+        tokenizer: hub id or folder of a tokenizer (default: ``name``'s ``tokenizer`` subfolder, or,
+            for a random branch, a required argument: the data tokenizer of tiny runs).
+        query_dim: the Q-Former's hidden size (the ProjLayer's input).
+        proj_hidden_dim, proj_dropout: the ProjLayer's MLP.
+        unet, vae, text_encoder: ``UNet2DConditionModel``, ``AutoencoderKL`` and ``CLIPTextConfig``
+            arguments when not ``pretrained``.
+        gradient_checkpointing: recompute the UNet's activations in the backward pass.
+        others: see :class:`DiffusionBranch` and :class:`QueryConditionedTextEncoder`.
+    """
+    key = "lit.objectives.diffusion.branch.name"
+    if pretrained:
+
+        def load(loader, what: str, subfolder: str):
+            return load_pretrained(loader, name, what=what, config_key=key, subfolder=subfolder)
+
+        unet_model = load(UNet2DConditionModel.from_pretrained, "diffusion UNet", "unet")
+        vae_model = load(AutoencoderKL.from_pretrained, "VAE", "vae")
+        clip = load(CLIPTextModel.from_pretrained, "CLIP text encoder", "text_encoder")
+    else:
+        unet_model = UNet2DConditionModel(**dict(unet or {}))
+        vae_model = AutoencoderKL(**dict(vae or {}))
+        clip = CLIPTextModel(CLIPTextConfig(**dict(text_encoder or {})))
+    if tokenizer is not None:
+        tok_loader = functools.partial(load_tokenizer, tokenizer)
+    elif pretrained:
+        tok_loader = functools.partial(
+            load_pretrained,
+            CLIPTokenizer.from_pretrained,
+            name,
+            what="CLIP tokenizer",
+            config_key=key,
+            subfolder="tokenizer",
+        )
+    else:
+        raise ValueError(
+            "a random diffusion branch needs a tokenizer (lit.objectives.diffusion.branch.tokenizer)"
+        )
+    if gradient_checkpointing:
+        unet_model.enable_gradient_checkpointing()
+    width = clip.config.hidden_size
+    return DiffusionBranch(
+        vae=vae_model,
+        unet=unet_model,
+        text_encoder=QueryConditionedTextEncoder(clip, context_position),
+        proj=ProjLayer(query_dim, proj_hidden_dim, width, dropout=proj_dropout),
+        tokenizer=tok_loader,
+        noise_schedule=noise_schedule,
+        resolution=resolution,
+        max_prompt_length=max_prompt_length,
+        negative_prompt=negative_prompt,
+        train_unet=train_unet,
+    )
