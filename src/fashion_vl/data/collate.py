@@ -24,7 +24,11 @@ text              ``list[str]``          (``return_text``) the raw texts (UniFas
 Composed retrieval batches (:class:`ComposedCollator`): training ``reference_image``, ``target_image``
 ``[B,3,H,W]`` and the text keys; evaluation ``query_image`` ``[Q,3,H,W]`` with the text keys and
 ``query_positive``/``query_group``/``query_exclude`` ``[Q]``, and ``gallery_image`` ``[G,3,H,W]`` with
-``gallery_key``/``gallery_positive``/``gallery_group`` ``[G]`` (either part may be empty).
+``gallery_key``/``gallery_positive``/``gallery_group`` ``[G]`` (either part may be empty). With target
+captions (UniFashion phase 2, ``FashionIQDataModule(target_captions=true)``) training batches add
+``target_input_ids``/``target_attention_mask`` ``[B,L]``, ``has_target_caption`` bool ``[B]`` and
+``target_key`` ``[B]``, and evaluation batches ``gallery_input_ids``/``gallery_attention_mask`` ``[G,L]``
+and ``gallery_has_caption`` ``[G]`` (a missing caption is the empty text).
 
 Gallery batches (:class:`GalleryCollator`, evaluation) keep the text keys and replace the image keys
 by every image of the batch's products: ``image`` ``[N,3,H,W]``, ``image_product_id`` ``[N]``,
@@ -176,6 +180,12 @@ class ComposedCollator:
                 "target_image": torch.stack([s["target_image"] for s in samples]),
                 **self.text([s["text"] for s in samples]),
             }
+            if "target_caption" in samples[0]:  # UniFashion phase 2
+                caption = self.text([s["target_caption"] for s in samples])
+                batch["target_input_ids"] = caption["input_ids"]
+                batch["target_attention_mask"] = caption["attention_mask"]
+                batch["has_target_caption"] = torch.tensor([bool(s["target_caption"]) for s in samples])
+                batch["target_key"] = _long(samples, "target_key")
             batch["bad_images"] = bad
             return batch
         queries = [s["query"] for s in samples if "query" in s]
@@ -197,4 +207,9 @@ class ComposedCollator:
             batch[f"gallery_{field}"] = torch.tensor(
                 [getattr(g, field) for _, g in gallery], dtype=torch.long
             )
+        if gallery and gallery[0][1].caption is not None:  # UniFashion phase 2: the targets' captions
+            caption = self.text([g.caption for _, g in gallery])
+            batch["gallery_input_ids"] = caption["input_ids"]
+            batch["gallery_attention_mask"] = caption["attention_mask"]
+            batch["gallery_has_caption"] = torch.tensor([bool(g.caption) for _, g in gallery])
         return batch

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class ComposedPair:
     references: tuple[Image, ...]
     text: str
     targets: tuple[Image, ...]
+    target_caption: str | None = None  # UniFashion: a description of the target (Fashion-IQ-Cap)
+    target_key: int = -1  # same for every pair with this target (UniFashion's ITM masks its duplicates)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class GalleryImage:
     key: int  # dedupe key
     positive: int
     group: int = 0
+    caption: str | None = None  # UniFashion: a description of the image (Fashion-IQ-Cap)
 
 
 @dataclass(frozen=True)
@@ -74,11 +77,20 @@ def join_captions(captions: Sequence[str]) -> str:
     return ", ".join(c.strip() for c in captions if c.strip())
 
 
-def fashioniq_pairs(data_dir: Path, categories: Iterable[str]) -> list[ComposedPair]:
+def fashioniq_pairs(
+    data_dir: Path, categories: Iterable[str], captions: Mapping[str, str] | None = None
+) -> list[ComposedPair]:
+    """Training triplets; with ``captions`` (asin -> description) each pair also carries its target's
+    caption, ``""`` where the asin has none."""
     images = fashioniq_image_dir(data_dir)
+    keys: dict[str, int] = {}
     return [
         ComposedPair(
-            ((images, e.candidate + ".jpg"),), join_captions(e.captions), ((images, e.target + ".jpg"),)
+            ((images, e.candidate + ".jpg"),),
+            join_captions(e.captions),
+            ((images, e.target + ".jpg"),),
+            None if captions is None else captions.get(e.target, ""),
+            keys.setdefault(e.target, len(keys)),
         )
         for category in categories
         for e in read_fashioniq(data_dir, category, "train")
@@ -86,8 +98,12 @@ def fashioniq_pairs(data_dir: Path, categories: Iterable[str]) -> list[ComposedP
 
 
 def fashioniq_eval_items(
-    data_dir: Path, categories: Iterable[str], split: str = "val"
+    data_dir: Path,
+    categories: Iterable[str],
+    split: str = "val",
+    captions: Mapping[str, str] | None = None,
 ) -> list[ComposedEvalItem]:
+    """Evaluation items; with ``captions`` every gallery image carries its caption (``""`` if none)."""
     images = fashioniq_image_dir(data_dir)
     items = []
     for category in categories:
@@ -100,9 +116,10 @@ def fashioniq_eval_items(
                     (images, e.candidate + ".jpg"), join_captions(e.captions), e.target_id, group
                 )
             )
+            caption = None if captions is None else captions.get(e.target, "")
             items.append(
                 ComposedEvalItem(
-                    query, GalleryImage((images, e.target + ".jpg"), e.target_id, e.target_id, group)
+                    query, GalleryImage((images, e.target + ".jpg"), e.target_id, e.target_id, group, caption)
                 )
             )
     return items
@@ -215,13 +232,17 @@ class ComposedTrainDataset(Dataset):
             raise TooManyBadImagesError(
                 "composed retrieval: too many consecutive bad images:\n  " + "\n  ".join(bad[-5:])
             )
-        return {
+        out = {
             "reference_image": seeded_transform(self.transform, reference, key.seed),
             "target_image": seeded_transform(self.transform, target, key.seed + 1),
             "text": pair.text,
             "bad_images": bad,
             "seed": key.seed,
         }
+        if pair.target_caption is not None:
+            out["target_caption"] = pair.target_caption
+            out["target_key"] = pair.target_key
+        return out
 
 
 class ComposedEvalDataset(Dataset):

@@ -25,10 +25,12 @@ from fashion_vl.data.composed import (
 )
 from fashion_vl.data.datasets import ImageReader, ProductDataset, ProductGalleryDataset
 from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES
+from fashion_vl.data.formats.fashioniq_cap import read_fashioniq_cap
 from fashion_vl.data.formats.polyvore import polyvore_dir, read_ocir, read_polyvore_metadata
 from fashion_vl.data.formats.products import Fashion200kSource, ProductSource
 from fashion_vl.data.masking import BlockMasking, WholeWordMasking
 from fashion_vl.data.outfits import OutfitEvalDataset, OutfitPairDataset, collate_outfits
+from fashion_vl.data.prepare.fashioniq_cap import DEFAULT_MAX_REPEAT_SHARE
 from fashion_vl.data.samplers import ShardedSampler
 from fashion_vl.losses._dist import world_size
 from fashion_vl.models.encoders.text import load_tokenizer
@@ -262,26 +264,67 @@ class FashionIQDataModule(_ComposedDataModule):
     Args:
         data_dir: the ``datasets/`` folder.
         categories: subset of ``dress``, ``shirt``, ``toptee``.
+        target_captions: also read Fashion-IQ-Cap (``FashionIQ-Cap/next_llava.<split>.<category>
+            .caption.json``) and give every training target and every gallery image its caption
+            (UniFashion phase 2); an image without one gets the empty text, counted in the log.
+        drop_degenerate_captions: skip looping captions (:func:`~fashion_vl.data.prepare.fashioniq_cap
+            .is_degenerate` above ``caption_max_repeat_share``) as if missing.
     """
 
     def __init__(
-        self, data_dir: str, categories: Sequence[str] = FASHIONIQ_CATEGORIES, **common: Any
+        self,
+        data_dir: str,
+        categories: Sequence[str] = FASHIONIQ_CATEGORIES,
+        target_captions: bool = False,
+        drop_degenerate_captions: bool = True,
+        caption_max_repeat_share: float = DEFAULT_MAX_REPEAT_SHARE,
+        **common: Any,
     ) -> None:
         super().__init__(**common)
         self.data_dir = Path(data_dir).expanduser()
         self.categories = tuple(categories)
+        self.target_captions = target_captions
+        self.drop_degenerate_captions = drop_degenerate_captions
+        self.caption_max_repeat_share = caption_max_repeat_share
         self.train_set = None
         self.eval_set = None
 
+    def _captions(self, split: str) -> dict[str, str] | None:
+        if not self.target_captions:
+            return None
+        captions: dict[str, str] = {}
+        for category in self.categories:
+            found, counts = read_fashioniq_cap(
+                self.data_dir, category, split, self.drop_degenerate_captions, self.caption_max_repeat_share
+            )
+            captions.update(found)
+            log.info(
+                "Fashion-IQ-Cap %s.%s: %d captions, skipped %d empty, %d degenerate, %d extra per image",
+                category, split, counts.kept, counts.empty, counts.degenerate, counts.duplicate_images,
+            )  # fmt: skip
+        return captions
+
+    @staticmethod
+    def _log_missing(what: str, asins: Sequence[str], captions: Mapping[str, str] | None) -> None:
+        if captions is None:
+            return
+        missing = sum(a not in captions for a in set(asins))
+        if missing:
+            log.warning(
+                "FashionIQ %s: %d of %d images have no caption (empty text)", what, missing, len(set(asins))
+            )
+
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_set is None:
-            self.train_set = ComposedTrainDataset(
-                fashioniq_pairs(self.data_dir, self.categories), self.train_transform, self.reader
-            )
+            captions = self._captions("train")
+            pairs = fashioniq_pairs(self.data_dir, self.categories, captions)
+            self._log_missing("train targets", [p.targets[0][1][:-4] for p in pairs], captions)
+            self.train_set = ComposedTrainDataset(pairs, self.train_transform, self.reader)
         if self.eval_set is None:
-            self.eval_set = ComposedEvalDataset(
-                fashioniq_eval_items(self.data_dir, self.categories), self.eval_transform, self.reader
-            )
+            captions = self._captions("val")
+            items = fashioniq_eval_items(self.data_dir, self.categories, captions=captions)
+            self._log_missing("val gallery", [i.gallery.image[1][:-4] for i in items], captions)
+            self.eval_set = ComposedEvalDataset(items, self.eval_transform, self.reader)
 
 
 class Fashion200kComposedDataModule(_ComposedDataModule):

@@ -23,7 +23,32 @@ DEFAULT_CAPTION_EVAL = {
 }
 
 
-class UniFashionPretrainModule(GalleryRetrievalModule):
+class OneCycleFromRun:
+    """``configure_optimizers`` as the base class's, and for the reference's ``OneCycleLR``:
+    ``total_steps: null`` becomes the run's number of optimisation steps and ``max_lr: null`` each
+    parameter group's own learning rate (so ``lr_multiplier`` still applies). Mix in before the base."""
+
+    def configure_optimizers(self) -> dict:
+        factory = self.scheduler_factory
+        self.scheduler_factory = None
+        try:
+            config = super().configure_optimizers()
+        finally:
+            self.scheduler_factory = factory
+        if factory is None:
+            return config
+        optimizer = config["optimizer"]
+        keywords = getattr(factory, "keywords", None) or {}
+        filled = {}
+        if "total_steps" in keywords and keywords["total_steps"] is None:
+            filled["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "max_lr" in keywords and keywords["max_lr"] is None:
+            filled["max_lr"] = [group["lr"] for group in optimizer.param_groups]
+        scheduler = factory(optimizer=optimizer, **filled)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class UniFashionPretrainModule(OneCycleFromRun, GalleryRetrievalModule):
     """Phase 1: every objective with a positive weight runs each step on one shared encoding (the frozen
     ViT, the query pass and the text pass run once); the loss is their weighted sum.
 
@@ -79,28 +104,6 @@ class UniFashionPretrainModule(GalleryRetrievalModule):
         self.caption_eval = {**DEFAULT_CAPTION_EVAL, **(caption_eval or {})}
         self.val_captions = CaptionScores()
         self.test_captions = CaptionScores()
-
-    def configure_optimizers(self) -> dict:
-        """As the base class, and for the reference's ``OneCycleLR``: ``total_steps: null`` becomes the
-        run's number of optimisation steps and ``max_lr: null`` each parameter group's own learning rate
-        (so ``lr_multiplier`` still applies)."""
-        factory = self.scheduler_factory
-        self.scheduler_factory = None
-        try:
-            config = super().configure_optimizers()
-        finally:
-            self.scheduler_factory = factory
-        if factory is None:
-            return config
-        optimizer = config["optimizer"]
-        keywords = getattr(factory, "keywords", None) or {}
-        filled = {}
-        if "total_steps" in keywords and keywords["total_steps"] is None:
-            filled["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        if "max_lr" in keywords and keywords["max_lr"] is None:
-            filled["max_lr"] = [group["lr"] for group in optimizer.param_groups]
-        scheduler = factory(optimizer=optimizer, **filled)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _generator(self, step: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank())

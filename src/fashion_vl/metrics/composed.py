@@ -8,7 +8,7 @@ dedupe key are counted once (the first seen), as the reference builds its galler
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from fashion_vl.metrics.gallery import unique_rows
-from fashion_vl.metrics.retrieval import best_positive_ranks, recall_from_ranks
+from fashion_vl.metrics.retrieval import best_positive_ranks, recall_from_ranks, similarity
 
 
 class ComposedGalleryRecall(Metric):
@@ -84,31 +84,84 @@ class ComposedGalleryRecall(Metric):
     def update_gallery(self, emb: Tensor, key: Tensor, positive: Tensor, group: Tensor) -> None:
         self.update("gallery", emb, key, positive, group)
 
-    def compute(self) -> dict[str, float]:
+    def _prepared(self) -> dict[str, Tensor]:
+        """The epoch's queries and deduplicated gallery; ``keep`` maps gallery rows to update order."""
         if not self.query_emb or not self.gallery_emb:
             raise ValueError("composed retrieval: no queries or no gallery items were seen")
         keep = unique_rows(dim_zero_cat(self.gallery_key))
-        g_emb = dim_zero_cat(self.gallery_emb)[keep]
         g_key = dim_zero_cat(self.gallery_key)[keep]
-        g_pos = dim_zero_cat(self.gallery_positive)[keep]
-        g_group = dim_zero_cat(self.gallery_group)[keep]
-        q_emb, q_pos = dim_zero_cat(self.query_emb), dim_zero_cat(self.query_positive)
-        q_group, q_exclude_key = dim_zero_cat(self.query_group), dim_zero_cat(self.query_exclude)
+        q_exclude_key = dim_zero_cat(self.query_exclude)
         # gallery index of each query's excluded key (-1: none)
         order = torch.argsort(g_key)
         found = torch.searchsorted(g_key[order], q_exclude_key.clamp_min(0))
         found = found.clamp_max(len(order) - 1)
         exclude = torch.where((q_exclude_key >= 0) & (g_key[order][found] == q_exclude_key), order[found], -1)
+        return {
+            "keep": keep,
+            "g_emb": dim_zero_cat(self.gallery_emb)[keep],
+            "g_pos": dim_zero_cat(self.gallery_positive)[keep],
+            "g_group": dim_zero_cat(self.gallery_group)[keep],
+            "q_emb": dim_zero_cat(self.query_emb),
+            "q_pos": dim_zero_cat(self.query_positive),
+            "q_group": dim_zero_cat(self.query_group),
+            "exclude": exclude,
+        }
+
+    def compute(self) -> dict[str, float]:
+        p = self._prepared()
         ranks = best_positive_ranks(
-            q_emb,
-            g_emb,
-            q_pos,
-            g_pos,
-            query_groups=q_group,
-            gallery_groups=g_group,
-            exclude=exclude,
+            p["q_emb"],
+            p["g_emb"],
+            p["q_pos"],
+            p["g_pos"],
+            query_groups=p["q_group"],
+            gallery_groups=p["g_group"],
+            exclude=p["exclude"],
             chunk_size=self.chunk_size,
         )
+        return self._recall(ranks, p["q_group"])
+
+    def compute_reranked(
+        self, rescore: Callable[[Tensor, Tensor], Tensor], top_k: int = 100, chunk_size: int = 256
+    ) -> dict[str, float]:
+        """The same figures after re-scoring each query's top ``top_k`` eligible gallery items.
+
+        Ranking, gallery, groups and exclusions are :meth:`compute`'s; re-ranking only reorders within
+        the top K (items below keep their places, so a positive outside the top K keeps its rank, at least
+        K + 1). Ties among the new scores are counted against the query, as in :meth:`compute`.
+
+        Args:
+            rescore: ``(query_index [n], gallery_index [n, k]) -> scores [n, k]``; indices count the
+                queries and gallery rows in the order they were passed to the update methods (this
+                rank's, single-process evaluation).
+            top_k: how many candidates each query re-scores.
+        """
+        p = self._prepared()
+        q_emb, g_emb = p["q_emb"], p["g_emb"]
+        miss = g_emb.shape[0] + 1
+        ranks = []
+        for start in range(0, q_emb.shape[0], chunk_size):
+            rows = torch.arange(start, min(start + chunk_size, q_emb.shape[0]), device=q_emb.device)
+            scores = similarity(q_emb[rows], g_emb).float()  # [c, G]
+            positive = p["q_pos"][rows, None] == p["g_pos"][None]
+            eligible = p["q_group"][rows, None] == p["g_group"][None]
+            hit = p["exclude"][rows] >= 0
+            eligible[hit.nonzero().squeeze(1), p["exclude"][rows][hit]] = False
+            positive &= eligible
+            best = scores.masked_fill(~positive, float("-inf")).amax(dim=1, keepdim=True)
+            itc_rank = ((scores >= best) & eligible & ~positive).sum(dim=1) + 1
+            k = min(top_k, scores.shape[1])
+            top_scores, top = scores.masked_fill(~eligible, float("-inf")).topk(k, dim=1)
+            in_top = top_scores > float("-inf")
+            new = rescore(rows, p["keep"][top]).float().to(scores.device)
+            top_positive = positive.gather(1, top) & in_top
+            new_best = new.masked_fill(~top_positive, float("-inf")).amax(dim=1, keepdim=True)
+            above = ((new >= new_best) & in_top & ~top_positive).sum(dim=1) + 1
+            rank = torch.where(top_positive.any(dim=1), above, itc_rank.clamp_min(k + 1))
+            ranks.append(torch.where(positive.any(dim=1), rank, torch.full_like(rank, miss)))
+        return self._recall(torch.cat(ranks), p["q_group"])
+
+    def _recall(self, ranks: Tensor, q_group: Tensor) -> dict[str, float]:
         out: dict[str, float] = {}
         if self.group_names is not None:
             for gid, name in self.group_names.items():

@@ -87,6 +87,16 @@ class UniFashion(nn.Module):
         """Contrastive feature of the text [CLS] ``[B, E]`` (normalised)."""
         return self.qformer.project_text(self.qformer.text_states(input_ids, attention_mask))
 
+    def encode_composed(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Phase 2's composed query ``[B, E]`` (normalised): reference images + modification texts."""
+        return self.qformer.composed_feature(self.image_tokens(images), input_ids, attention_mask)
+
+    def encode_target(self, images: torch.Tensor) -> torch.Tensor:
+        """Phase 2's target features ``[B, P, E]`` (normalised): the prompt queries over the images."""
+        return self.qformer.project_image(self.qformer.prompt_states(self.image_tokens(images)))
+
     def encode_pair(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> ImageTextEncoding:

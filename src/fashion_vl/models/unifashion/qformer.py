@@ -220,6 +220,22 @@ class QFormer(nn.Module):
         )
         return out.last_hidden_state
 
+    def prompt_states(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Outputs ``[B, P, H]`` of the second, "prompt" query set over the image (phase 2 reads target
+        images with it; the phase-1 ``query_tokens`` keep serving the fusion and ITM)."""
+        if self.prompt_tokens is None:
+            raise RuntimeError("this Q-Former has no prompt queries: build it with num_prompt_tokens > 0")
+        return self.query_states(image_tokens, self.prompt_tokens)
+
+    def composed_feature(
+        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Phase 2's composed query ``[B, E]``: the learned queries and the (modification) text run together
+        over the (reference) image; the output at the text [CLS], right after the queries, goes through
+        ``text_projection`` and is normalised."""
+        fused = self.fused_states(image_tokens, input_ids, attention_mask)
+        return self.project_text(fused[:, self.num_query_tokens :])
+
     def itm_logits(
         self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
@@ -282,8 +298,13 @@ class QFormer(nn.Module):
         ViT, loaded by the image encoder) is ignored. Every BLIP-2 retrieval key must be present and every
         key must belong to this module; UniFashion's extras (``ln_vision``, ``temp``, ``itg_head``,
         ``prompt_tokens``, ``llm_proj``) may be missing and keep their initialisation, as do modules
-        named in ``reinit``. Shapes must match. Returns the keys left at their initialisation.
+        named in ``reinit``; ``llm_proj``/``prompt_tokens`` in the state are ignored when this Q-Former does
+        not build them. Shapes must match. Returns the keys left at their initialisation.
         """
+
+        def under(key: str, names: Sequence[str]) -> bool:
+            return any(key == n or key.startswith(n + ".") for n in names)
+
         remapped: dict[str, torch.Tensor] = {}
         for key, value in state.items():
             if key.startswith("vision_model.post_layernorm."):
@@ -291,10 +312,13 @@ class QFormer(nn.Module):
             elif not key.startswith("vision_model."):
                 remapped[key] = value
 
-        def under(key: str, names: Sequence[str]) -> bool:
-            return any(key == n or key.startswith(n + ".") for n in names)
-
         own = self.state_dict()
+        # a phase-1 checkpoint has llm_proj, which a retrieval-only phase-2 Q-Former does not build
+        unbuilt = [n for n in ("llm_proj", "prompt_tokens") if getattr(self, n) is None]
+        dropped = sorted(k for k in remapped if under(k, unbuilt))
+        if dropped:
+            log.info("%s: ignored %s (not built here)", source, ", ".join(dropped))
+            remapped = {k: v for k, v in remapped.items() if not under(k, unbuilt)}
         optional = (*UNIFASHION_EXTRA_KEYS, *reinit)
         missing = sorted(k for k in own if k not in remapped and not under(k, optional))
         unexpected = sorted(k for k in remapped if k not in own)
@@ -329,6 +353,7 @@ def build_qformer(
     llm_hidden_size: int | None = None,
     init_from: str | None = None,
     reinit: Sequence[str] = (),
+    prompt_tokens_from_queries: bool = False,
     **config_overrides,
 ) -> QFormer:
     """A :class:`QFormer`: random init from ``Blip2QFormerConfig`` + ``config_overrides``, or the public
@@ -340,6 +365,9 @@ def build_qformer(
         init_from: a converted UniFashion/LAVIS checkpoint in the contract's names, or a Lightning
             checkpoint of ours (``net.qformer.*``).
         reinit: modules (e.g. ``llm_proj``) not taken from ``init_from`` or ``name``.
+        prompt_tokens_from_queries: when the loaded weights have no ``prompt_tokens`` (a BLIP-2 or
+            phase-1 checkpoint), start them as a copy of the loaded ``query_tokens`` (phase 2 then
+            begins from target features that already match phase 1's text space) instead of random.
     """
     if pretrained:
         source = load_pretrained(
@@ -367,12 +395,23 @@ def build_qformer(
     qformer = QFormer(
         config, num_query_tokens, embed_dim, bos_token_id, temperature, num_prompt_tokens, llm_hidden_size
     )
+    fresh: list[str] = []
     if state is not None:
-        qformer.load_blip2_state_dict(state, source=name, reinit=reinit)
+        fresh = qformer.load_blip2_state_dict(state, source=name, reinit=reinit)
     if init_from:
         state = read_state_dict(init_from)
         prefix = "net.qformer."
         if any(k.startswith(prefix) for k in state):
             state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        qformer.load_blip2_state_dict(state, source=init_from, reinit=reinit)
+        fresh = qformer.load_blip2_state_dict(state, source=init_from, reinit=reinit)
+    loaded_any = pretrained or bool(init_from)
+    if prompt_tokens_from_queries and loaded_any and "prompt_tokens" in fresh:
+        if qformer.prompt_tokens.shape != qformer.query_tokens.shape:
+            raise ValueError(
+                "model.qformer.prompt_tokens_from_queries needs num_prompt_tokens == num_query_tokens, got "
+                f"{qformer.prompt_tokens.shape[1]} and {qformer.num_query_tokens}"
+            )
+        with torch.no_grad():
+            qformer.prompt_tokens.copy_(qformer.query_tokens)
+        log.info("prompt_tokens start as a copy of the loaded query_tokens")
     return qformer

@@ -1,0 +1,232 @@
+"""UniFashion phase 2 (``shared/reference/unifashion.md`` §3): composed multimodal fine-tuning on
+FashionIQ, evaluated as FashionViL's composed retrieval and again after ITM re-ranking."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics.utilities import dim_zero_cat
+
+from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.lit.unifashion import OneCycleFromRun
+from fashion_vl.losses._dist import rank, world_size
+from fashion_vl.metrics.composed import ComposedGalleryRecall
+from fashion_vl.metrics.retrieval import candidate_scores
+from fashion_vl.models.outputs import ComposedEncoding
+from fashion_vl.models.unifashion import UniFashion
+
+
+class UniFashionComposedModule(OneCycleFromRun, FashionLitModule):
+    """Phase 2: the composed query (the learned queries and the modification text over the reference
+    image, fused [CLS] -> ``text_projection``) against the target (the prompt queries over the target
+    image -> ``vision_projection``, one vector per prompt query).
+
+    Objectives (``objective(net, encoding, batch, generator)`` on one
+    :class:`~fashion_vl.models.outputs.ComposedEncoding` per step, weighted and summed): ``itc``
+    (:class:`~fashion_vl.losses.ComposedItcLoss`), ``ttc`` (:class:`~fashion_vl.losses.TtcLoss`) and
+    ``itm`` (:class:`~fashion_vl.losses.TargetItmLoss`); the last two need target captions
+    (``data.target_captions=true``).
+
+    Evaluation is FashionViL's composition module's (:class:`ComposedGalleryRecall`: the same queries,
+    gallery of every val ``target_id`` incl. fake entries, per-category R@10/R@50, means and ``avg``),
+    logged as ``{split}/...``, then once more with the top ``rerank_top_k`` of each query re-scored by
+    the ITM head, as ``{split}/rerank/...``.
+
+    Args:
+        net: a :class:`~fashion_vl.models.unifashion.UniFashion` whose Q-Former has prompt queries.
+        objectives: name -> objective; loss_weights: name -> weight (0 or absent: off).
+        score_with_caption: the reference's test score when target captions exist:
+            sim(composed, target image) + sim(composed, target caption). Implemented by adding the
+            caption feature to every target vector, so the max over them gains exactly that term.
+            Needs gallery captions (``data.target_captions=true``); gallery images without one add 0.
+        rerank_top_k: candidates re-scored per query (the reference's 100); 0 turns re-ranking off.
+        rerank_itc_weight: re-ranking score = ITM match probability + this x the ITC score (the reference
+            re-scores with the ITM head alone: 0; BLIP's re-ranking adds the ITC score: 1).
+        rerank_batch_size: (candidate image, text) pairs per ITM forward.
+        seed: seeds the objectives' random choices.
+        ks, group_names: see :class:`ComposedGalleryRecall`.
+        optimizer, scheduler, lr_multiplier, fast_modules: see
+            :class:`~fashion_vl.lit.base.FashionLitModule` (``OneCycleLR`` as in phase 1).
+
+    The ITM re-scores (candidate target image, modification text) pairs: the query's only text at test
+    time. Re-ranking keeps every gallery image's ViT tokens (on CPU, in the ViT's dtype) until the end
+    of the evaluation and runs in a single process; under DDP it is skipped with a warning.
+    """
+
+    def __init__(
+        self,
+        net: UniFashion,
+        objectives: Mapping[str, nn.Module],
+        loss_weights: Mapping[str, float],
+        optimizer: Any,
+        scheduler: Any = None,
+        seed: int = 0,
+        score_with_caption: bool = False,
+        rerank_top_k: int = 100,
+        rerank_itc_weight: float = 0.0,
+        rerank_batch_size: int = 256,
+        lr_multiplier: float = 1.0,
+        fast_modules: Sequence[str] = (),
+        ks: Sequence[int] = (10, 50),
+        group_names: Mapping[int, str] | None = None,
+    ) -> None:
+        super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
+        self.save_hyperparameters(logger=False, ignore=["net", "objectives", "optimizer", "scheduler"])
+        if net.qformer.prompt_tokens is None:
+            raise ValueError("UniFashion phase 2 needs prompt queries: set model.qformer.num_prompt_tokens")
+        unknown = sorted(set(loss_weights) - set(objectives))
+        if unknown:
+            raise KeyError(f"lit.loss_weights names objectives that are not built: {unknown}")
+        if any(w < 0 for w in loss_weights.values()):
+            raise ValueError("lit.loss_weights must be non-negative")
+        self.weights = {name: float(w) for name, w in loss_weights.items() if w > 0}
+        if not self.weights:
+            raise ValueError("lit.loss_weights: every weight is zero")
+        self.objectives = nn.ModuleDict({name: objectives[name] for name in self.weights})
+        self.seed = seed
+        self.score_with_caption = score_with_caption
+        self.rerank_top_k = rerank_top_k
+        self.rerank_itc_weight = rerank_itc_weight
+        self.rerank_batch_size = rerank_batch_size
+        self.val_recall = ComposedGalleryRecall(ks, group_names)
+        self.test_recall = ComposedGalleryRecall(ks, group_names)
+        self._gallery_tokens: list[torch.Tensor] = []
+        self._query_texts: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def batch_size_of(self, batch: dict) -> int:
+        return int(batch["input_ids"].shape[0])
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank())
+
+    def encode(self, batch: dict) -> ComposedEncoding:
+        """The passes every objective reads, run once per step."""
+        qformer = self.net.qformer
+        composed = self.net.encode_composed(
+            batch["reference_image"], batch["input_ids"], batch["attention_mask"]
+        )
+        tokens = self.net.image_tokens(batch["target_image"])
+        states = qformer.prompt_states(tokens)
+        caption = None
+        if "target_input_ids" in batch:
+            caption = self.net.encode_text(batch["target_input_ids"], batch["target_attention_mask"])
+        # clamped once here: a second in-place clamp after the first loss read it would break backward
+        temperature = qformer.temperature()
+        return ComposedEncoding(composed, tokens, states, qformer.project_image(states), caption, temperature)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        bs = self.batch_size_of(batch)
+        encoding = self.encode(batch)
+        generator = self._generator(self.global_step)
+        total = None
+        for name, weight in self.weights.items():
+            out = self.objectives[name](self.net, encoding, batch, generator)
+            for key, value in out.items():
+                self.log(f"train/{name}_{key}", value, batch_size=bs)
+            total = weight * out["loss"] if total is None else total + weight * out["loss"]
+        self.log("train/loss", total, batch_size=bs, prog_bar=True)
+        return total
+
+    # ----------------------------------------------------------------------------------- evaluation
+    def _reranking(self) -> bool:
+        return self.rerank_top_k > 0 and world_size() == 1
+
+    def _evaluate(self, batch: dict, metric: ComposedGalleryRecall) -> None:
+        if batch["query_image"].numel():
+            query = self.net.encode_composed(
+                batch["query_image"], batch["input_ids"], batch["attention_mask"]
+            )
+            metric.update_queries(
+                query, batch["query_positive"], batch["query_group"], batch["query_exclude"]
+            )
+            if self._reranking():
+                self._query_texts.extend(
+                    (ids[m.bool()].cpu(), m[m.bool()].cpu())
+                    for ids, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
+                )
+        if batch["gallery_image"].numel():
+            tokens = self.net.image_tokens(batch["gallery_image"])
+            gallery = self.net.qformer.project_image(self.net.qformer.prompt_states(tokens))
+            if self.score_with_caption:
+                if "gallery_input_ids" not in batch:
+                    raise KeyError(
+                        "lit.score_with_caption needs gallery captions: set data.target_captions=true"
+                    )
+                caption = self.net.encode_text(batch["gallery_input_ids"], batch["gallery_attention_mask"])
+                caption = caption * batch["gallery_has_caption"].to(caption)[:, None]
+                gallery = gallery + caption[:, None]
+            metric.update_gallery(
+                gallery, batch["gallery_key"], batch["gallery_positive"], batch["gallery_group"]
+            )
+            if self._reranking():
+                self._gallery_tokens.extend(tokens.detach().cpu().unbind(0))
+
+    @torch.no_grad()
+    def itm_rescore(self, query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+        """ITM match probabilities ``[n, k]`` of (candidate target image, query's modification text) pairs;
+        indices in the order the evaluation saw queries and gallery images."""
+        pairs = [(int(q), int(g)) for q, row in zip(query_index, gallery_index, strict=True) for g in row]
+        scores = []
+        device, dtype = self.device, self.net.qformer.query_tokens.dtype
+        # outside the step hooks: run under the trainer's precision (bf16 autocast) ourselves
+        context = (
+            self._trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+        )
+        with context:
+            for start in range(0, len(pairs), self.rerank_batch_size):
+                chunk = pairs[start : start + self.rerank_batch_size]
+                tokens = torch.stack([self._gallery_tokens[g] for _, g in chunk]).to(device, dtype)
+                texts = [self._query_texts[q] for q, _ in chunk]
+                length = max(len(ids) for ids, _ in texts)
+                ids = torch.zeros(len(chunk), length, dtype=torch.long)
+                mask = torch.zeros(len(chunk), length, dtype=torch.long)
+                for row, (t, m) in enumerate(texts):
+                    ids[row, : len(t)], mask[row, : len(m)] = t, m
+                logits = self.net.qformer.itm_logits(tokens, ids.to(device), mask.to(device))
+                scores.append(logits.float().softmax(dim=-1)[:, 1].cpu())
+        return torch.cat(scores).view(gallery_index.shape)
+
+    def _log(self, split: str, metric: ComposedGalleryRecall) -> None:
+        values = metric.compute()
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()})
+        if self.rerank_top_k > 0 and world_size() > 1 and rank() == 0:
+            warnings.warn("UniFashion ITM re-ranking runs in a single process only: skipped", stacklevel=1)
+        if self._reranking():
+            gallery = dim_zero_cat(metric.gallery_emb)  # update order, as the indices rescore gets
+            queries = dim_zero_cat(metric.query_emb)
+
+            def rescore(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+                scores = self.itm_rescore(query_index, gallery_index)
+                if self.rerank_itc_weight:
+                    itc = candidate_scores(queries[query_index], gallery, gallery_index)
+                    scores = scores + self.rerank_itc_weight * itc.cpu()
+                return scores
+
+            values = metric.compute_reranked(rescore, self.rerank_top_k)
+            self.log_dict({f"{split}/rerank/{k}": v for k, v in values.items()})
+        self._gallery_tokens, self._query_texts = [], []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_recall)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_recall)
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_recall.reset()
+        self._gallery_tokens, self._query_texts = [], []
+
+    def on_test_epoch_start(self) -> None:
+        self.test_recall.reset()
+        self._gallery_tokens, self._query_texts = [], []
+
+    def on_validation_epoch_end(self) -> None:
+        self._log("val", self.val_recall)
+
+    def on_test_epoch_end(self) -> None:
+        self._log("test", self.test_recall)
