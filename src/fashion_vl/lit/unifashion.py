@@ -48,7 +48,28 @@ class OneCycleFromRun:
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-class UniFashionPretrainModule(OneCycleFromRun, GalleryRetrievalModule):
+class WeightedObjectives:
+    """The training step both phases share: every objective with a positive weight reads one shared
+    encoding; their weighted sum is the loss. Random choices (sampled negatives, instructions) come from
+    a generator seeded by (seed, step, rank), so a resumed run draws what the uninterrupted one would."""
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank())
+
+    def weighted_loss(self, encoding: Any, batch: dict) -> torch.Tensor:
+        bs = self.batch_size_of(batch)
+        generator = self._generator(self.global_step)
+        total = None
+        for name, weight in self.weights.items():
+            out = self.objectives[name](self.net, encoding, batch, generator)
+            for key, value in out.items():
+                self.log(f"train/{name}_{key}", value, batch_size=bs)
+            total = weight * out["loss"] if total is None else total + weight * out["loss"]
+        self.log("train/loss", total, batch_size=bs, prog_bar=True)
+        return total
+
+
+class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetrievalModule):
     """Phase 1: every objective with a positive weight runs each step on one shared encoding (the frozen
     ViT, the query pass and the text pass run once); the loss is their weighted sum.
 
@@ -105,21 +126,9 @@ class UniFashionPretrainModule(OneCycleFromRun, GalleryRetrievalModule):
         self.val_captions = CaptionScores()
         self.test_captions = CaptionScores()
 
-    def _generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank())
-
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        bs = self.batch_size_of(batch)
         encoding = self.net.encode_pair(batch["image"], batch["input_ids"], batch["attention_mask"])
-        generator = self._generator(self.global_step)
-        total = None
-        for name, weight in self.weights.items():
-            out = self.objectives[name](self.net, encoding, batch, generator)
-            for key, value in out.items():
-                self.log(f"train/{name}_{key}", value, batch_size=bs)
-            total = weight * out["loss"] if total is None else total + weight * out["loss"]
-        self.log("train/loss", total, batch_size=bs, prog_bar=True)
-        return total
+        return self.weighted_loss(encoding, batch)
 
     # ----------------------------------------------------------------------------------- evaluation
     def _evaluate(self, batch: dict, recall, captions: CaptionScores) -> None:

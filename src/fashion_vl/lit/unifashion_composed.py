@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
 from fashion_vl.lit.base import FashionLitModule
-from fashion_vl.lit.unifashion import OneCycleFromRun
+from fashion_vl.lit.unifashion import OneCycleFromRun, WeightedObjectives
 from fashion_vl.losses._dist import rank, world_size
 from fashion_vl.metrics.composed import ComposedGalleryRecall
 from fashion_vl.metrics.retrieval import candidate_scores
@@ -21,7 +21,7 @@ from fashion_vl.models.outputs import ComposedEncoding
 from fashion_vl.models.unifashion import UniFashion
 
 
-class UniFashionComposedModule(OneCycleFromRun, FashionLitModule):
+class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, FashionLitModule):
     """Phase 2: the composed query (the learned queries and the modification text over the reference
     image, fused [CLS] -> ``text_projection``) against the target (the prompt queries over the target
     image -> ``vision_projection``, one vector per prompt query).
@@ -101,9 +101,6 @@ class UniFashionComposedModule(OneCycleFromRun, FashionLitModule):
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])
 
-    def _generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed((self.seed * 1_000_003 + step) * 1009 + rank())
-
     def encode(self, batch: dict) -> ComposedEncoding:
         """The passes every objective reads, run once per step."""
         qformer = self.net.qformer
@@ -120,17 +117,7 @@ class UniFashionComposedModule(OneCycleFromRun, FashionLitModule):
         return ComposedEncoding(composed, tokens, states, qformer.project_image(states), caption, temperature)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        bs = self.batch_size_of(batch)
-        encoding = self.encode(batch)
-        generator = self._generator(self.global_step)
-        total = None
-        for name, weight in self.weights.items():
-            out = self.objectives[name](self.net, encoding, batch, generator)
-            for key, value in out.items():
-                self.log(f"train/{name}_{key}", value, batch_size=bs)
-            total = weight * out["loss"] if total is None else total + weight * out["loss"]
-        self.log("train/loss", total, batch_size=bs, prog_bar=True)
-        return total
+        return self.weighted_loss(self.encode(batch), batch)
 
     # ----------------------------------------------------------------------------------- evaluation
     def _reranking(self) -> bool:
