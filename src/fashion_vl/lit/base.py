@@ -59,3 +59,26 @@ class FashionLitModule(LightningModule):
 
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])
+
+
+class SplitRecallHooks:
+    """Epoch hooks of the retrieval tasks: ``{split}_recall`` (a gallery metric) is reset when its
+    epoch starts and its values are logged as ``{split}/<key>`` when it ends. Resetting at the start,
+    not after computing, keeps the test embeddings available to ``fvl-eval +viz=true``. Mix in before
+    :class:`FashionLitModule`; override :meth:`_log_recall` to log more from the same metric."""
+
+    def _log_recall(self, split: str) -> None:
+        values = getattr(self, f"{split}_recall").compute()
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()})
+
+    def on_validation_epoch_start(self) -> None:
+        self.val_recall.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self.test_recall.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_recall("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_recall("test")

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.lit.base import FashionLitModule, SplitRecallHooks
 from fashion_vl.metrics.composed import ComposedGalleryRecall
 from fashion_vl.models.fashionvil import FashionViL
 
 
-class ComposedRetrievalModule(FashionLitModule):
+class ComposedRetrievalModule(SplitRecallHooks, FashionLitModule):
     """Train and evaluate composed retrieval.
 
     Logged: ``train/loss``; on evaluation ``{split}/{group}_r@K`` and ``{split}/mean_r@K`` (FashionIQ,
@@ -81,20 +81,3 @@ class ComposedRetrievalModule(FashionLitModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_recall)
-
-    def _log(self, split: str, metric: ComposedGalleryRecall) -> None:
-        values = metric.compute()
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()})
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_recall.reset()
-
-    def on_test_epoch_start(self) -> None:
-        # reset here, not after computing: the embeddings stay available for fvl-eval +viz=true
-        self.test_recall.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log("val", self.val_recall)
-
-    def on_test_epoch_end(self) -> None:
-        self._log("test", self.test_recall)

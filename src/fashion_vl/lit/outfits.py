@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.lit.base import FashionLitModule, SplitRecallHooks
 from fashion_vl.metrics.composed import ComposedGalleryRecall
 from fashion_vl.models.csanet import CSANet
 
 
-class OutfitRetrievalModule(FashionLitModule):
+class OutfitRetrievalModule(SplitRecallHooks, FashionLitModule):
     """Train CSA-Net with in-batch symmetric InfoNCE between conditioned questions and blanks; evaluate
     class-balanced recall@10/30/50 of outfit queries (the mean of their conditioned question items)
     against the blank gallery restricted to the blank's category.
@@ -76,14 +76,3 @@ class OutfitRetrievalModule(FashionLitModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_recall)
-
-    def _log(self, split: str, metric: ComposedGalleryRecall) -> None:
-        values = metric.compute()
-        metric.reset()
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()})
-
-    def on_validation_epoch_end(self) -> None:
-        self._log("val", self.val_recall)
-
-    def on_test_epoch_end(self) -> None:
-        self._log("test", self.test_recall)

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.lit.base import FashionLitModule, SplitRecallHooks
 from fashion_vl.metrics.gallery import CrossModalGalleryRecall
 from fashion_vl.models.fashionvil import FashionViL
 
 
-class GalleryRetrievalModule(FashionLitModule):
+class GalleryRetrievalModule(SplitRecallHooks, FashionLitModule):
     """Validation and test by recall@K of image-only vs text-only embeddings.
 
     Logs ``{split}/{protocol}/i2t_r@K``, ``.../t2i_r@K``, ``.../rsum`` and ``.../mean`` (percentages)
@@ -52,23 +52,6 @@ class GalleryRetrievalModule(FashionLitModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._embed_gallery(batch, self.test_recall)
-
-    def _log_recall(self, split: str, metric: CrossModalGalleryRecall) -> None:
-        values = metric.compute()
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, sync_dist=False, rank_zero_only=False)
-
-    def on_validation_epoch_start(self) -> None:
-        self.val_recall.reset()
-
-    def on_test_epoch_start(self) -> None:
-        # reset here, not after computing: the embeddings stay available for fvl-eval +viz=true
-        self.test_recall.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_recall("val", self.val_recall)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_recall("test", self.test_recall)
 
 
 class CrossModalRetrievalModule(GalleryRetrievalModule):

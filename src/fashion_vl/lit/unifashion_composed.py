@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torchmetrics.utilities import dim_zero_cat
 
-from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.lit.base import FashionLitModule, SplitRecallHooks
 from fashion_vl.lit.unifashion import OneCycleFromRun, WeightedObjectives
 from fashion_vl.losses._dist import rank, world_size
 from fashion_vl.metrics.composed import ComposedGalleryRecall
@@ -21,7 +21,7 @@ from fashion_vl.models.outputs import ComposedEncoding
 from fashion_vl.models.unifashion import UniFashion
 
 
-class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, FashionLitModule):
+class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallHooks, FashionLitModule):
     """Phase 2: the composed query (the learned queries and the modification text over the reference
     image, fused [CLS] -> ``text_projection``) against the target (the prompt queries over the target
     image -> ``vision_projection``, one vector per prompt query).
@@ -178,9 +178,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, FashionLitMo
                 scores.append(logits.float().softmax(dim=-1)[:, 1].cpu())
         return torch.cat(scores).view(gallery_index.shape)
 
-    def _log(self, split: str, metric: ComposedGalleryRecall) -> None:
-        values = metric.compute()
-        self.log_dict({f"{split}/{k}": v for k, v in values.items()})
+    def _log_recall(self, split: str) -> None:
+        super()._log_recall(split)
+        metric = getattr(self, f"{split}_recall")
         if self.rerank_top_k > 0 and world_size() > 1 and rank() == 0:
             warnings.warn("UniFashion ITM re-ranking runs in a single process only: skipped", stacklevel=1)
         if self._reranking():
@@ -205,15 +205,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, FashionLitMo
         self._evaluate(batch, self.test_recall)
 
     def on_validation_epoch_start(self) -> None:
-        self.val_recall.reset()
+        super().on_validation_epoch_start()
         self._gallery_tokens, self._query_texts = [], []
 
     def on_test_epoch_start(self) -> None:
-        self.test_recall.reset()
+        super().on_test_epoch_start()
         self._gallery_tokens, self._query_texts = [], []
-
-    def on_validation_epoch_end(self) -> None:
-        self._log("val", self.val_recall)
-
-    def on_test_epoch_end(self) -> None:
-        self._log("test", self.test_recall)
