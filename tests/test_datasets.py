@@ -127,3 +127,24 @@ def test_collate_keys_contract(synth_dir: Path) -> None:
 def test_static_padding_option(synth_dir: Path) -> None:
     text = TextTokenizer(load_tokenizer(str(synth_dir / "tokenizer")), max_length=30, pad_to_max_length=True)
     assert text(["red dress", "a much longer description of a blue wool coat"])["input_ids"].shape == (2, 30)
+
+
+def test_load_or_replace_draws_another_item_and_gives_up_after_the_limit() -> None:
+    import random
+
+    from fashion_vl.data.datasets import ImageReader, TooManyBadImagesError
+    from fashion_vl.data.images import ImageLoadError
+
+    def load(index: int) -> str:
+        if index < 3:
+            raise ImageLoadError(f"img{index}.jpg", "cannot decode")
+        return f"item{index}"
+
+    bad: list[str] = []
+    index, item = ImageReader().load_or_replace(load, 0, 10, random.Random(0), bad, "test")
+    assert index >= 3 and item == f"item{index}"
+    assert bad and bad[0] == "img0.jpg: cannot decode" and len(bad) < 10
+    with pytest.raises(ImageLoadError, match="strict_images=true"):
+        ImageReader(strict=True).load_or_replace(load, 1, 10, random.Random(0), [], "test")
+    with pytest.raises(TooManyBadImagesError, match="4 test items in a row"):
+        ImageReader(max_consecutive_failures=4).load_or_replace(load, 0, 3, random.Random(0), [], "test")

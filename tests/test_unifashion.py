@@ -402,3 +402,19 @@ def test_demo_phase1_learns_to_caption_and_retrieve(tmp_path: Path, synth_dir: P
     trained, _ = train(train_cfg)
     for key in ("val/caption/bleu_4", "val/caption/cider", "val/full/rsum"):
         assert trained[key] > untrained[key], (key, trained[key], untrained[key])
+
+
+def test_compile_units_give_the_eager_encodings(tokenizer_dir: str) -> None:
+    from fashion_vl.utils.speed import compile_units
+
+    torch.manual_seed(0)
+    net = tiny_net(tokenizer_dir, llm=False).eval()
+    batch = fake_batch()
+    with torch.no_grad():
+        eager = net.encode_image(batch["image"])
+        eager_text = net.encode_text(batch["input_ids"], batch["attention_mask"])
+    assert compile_units(net, backend="aot_eager") == ["image_encoder", "qformer.qformer"]
+    with torch.no_grad():
+        torch.testing.assert_close(net.encode_image(batch["image"]), eager, rtol=1e-4, atol=1e-5)
+        compiled_text = net.encode_text(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(compiled_text, eager_text, rtol=1e-4, atol=1e-5)

@@ -39,6 +39,7 @@ def extras(cfg: DictConfig) -> None:
         warnings.filterwarnings("ignore", message=pattern)
     if cfg.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
+    set_matmul_precision(cfg)
     # Lightning attaches its own console handler when imported; Hydra's root handlers already print to
     # the console and to the run's log file, so let Lightning's records go there once.
     import lightning  # noqa: F401  (import now, so its handlers exist to be removed)
@@ -51,6 +52,19 @@ def extras(cfg: DictConfig) -> None:
         lightning_log.addFilter(_drop_advertising)
     if cfg.get("print_config") and _is_rank_zero():
         print_config_tree(cfg, save_to=Path(cfg.paths.output_dir) / "config_tree.log")
+
+
+def set_matmul_precision(cfg: DictConfig) -> None:
+    """``float32_matmul_precision`` (highest | high | medium) for CUDA matmuls and cuDNN convolutions;
+    CPU runs keep full fp32 whatever the key says, so CPU results do not depend on it."""
+    precision = str(cfg.get("float32_matmul_precision", "highest"))
+    if precision not in ("highest", "high", "medium"):
+        raise ValueError(f"float32_matmul_precision must be highest, high or medium, not {precision!r}")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cudnn.allow_tf32 = precision != "highest"
 
 
 def _drop_advertising(record: logging.LogRecord) -> bool:

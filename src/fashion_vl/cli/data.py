@@ -200,14 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the datasets/ folder to write (paths.data_dir)")
     p.add_argument("--size", default="small", help="tiny | small | medium (default: small)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=128, help="side of the square images (default 128)")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="side of the square images (default 128); try-on pictures are this high, 3/4 as wide",
+    )
     p.add_argument(
         "--workers", type=int, default=None, help="render processes (default: CPU count, at most 8)"
     )
     p.add_argument(
         "--only",
         default=None,
-        help="comma-separated subset: fashiongen,bigfacad,fashion200k,polyvore,fashioniq",
+        help="comma-separated subset of fashiongen,bigfacad,fashion200k,polyvore,fashioniq (the default: "
+        "all five), plus the optional vitonhd (try-on; written only when named)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     p.add_argument(

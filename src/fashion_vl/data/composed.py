@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from fashion_vl.data.datasets import ImageReader, TooManyBadImagesError, as_key, seeded_transform
+from fashion_vl.data.datasets import ImageReader, as_key, seeded_transform
 from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES, fashioniq_image_dir, read_fashioniq
 from fashion_vl.data.images import ImageLoadError, load_image
 from fashion_vl.data.records import ProductTable
@@ -219,19 +219,15 @@ class ComposedTrainDataset(Dataset):
         key = as_key(key)
         rng = random.Random(key.seed)
         bad: list[str] = []
-        index = key.index
-        for _ in range(self.reader.max_consecutive_failures):
+
+        def load(index: int) -> tuple[torch.Tensor, torch.Tensor]:
             pair = self.pairs[index]
-            try:
-                reference = _load(self.reader, rng.choice(pair.references), bad)
-                target = _load(self.reader, rng.choice(pair.targets), bad)
-                break
-            except ImageLoadError:
-                index = rng.randrange(len(self))
-        else:
-            raise TooManyBadImagesError(
-                "composed retrieval: too many consecutive bad images:\n  " + "\n  ".join(bad[-5:])
-            )
+            return load_image(*rng.choice(pair.references)), load_image(*rng.choice(pair.targets))
+
+        index, (reference, target) = self.reader.load_or_replace(
+            load, key.index, len(self), rng, bad, "composed-retrieval"
+        )
+        pair = self.pairs[index]
         out = {
             "reference_image": seeded_transform(self.transform, reference, key.seed),
             "target_image": seeded_transform(self.transform, target, key.seed + 1),

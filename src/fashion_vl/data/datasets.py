@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset
@@ -12,6 +13,9 @@ from torch.utils.data import Dataset
 from fashion_vl.data.images import ImageLoadError, load_image
 from fashion_vl.data.records import Product, ProductTable
 from fashion_vl.data.samplers import SampleKey
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,6 +58,31 @@ class ImageReader:
         self.strict = strict
         self.max_consecutive_failures = max_consecutive_failures
 
+    def strict_error(self, err: ImageLoadError) -> ImageLoadError:
+        return ImageLoadError(
+            err.path, err.reason + " (data.strict_images=true; set it false to skip bad images)"
+        )
+
+    def load_or_replace(
+        self, load: Callable[[int], T], index: int, size: int, rng: random.Random, bad: list[str], what: str
+    ) -> tuple[int, T]:
+        """``(index, load(index))``, or when ``load`` meets a bad image (its path appended to ``bad``,
+        a warning logged) the same for another index drawn from ``rng``, so batches keep their size.
+        Gives up after ``max_consecutive_failures`` bad items in a row (the folder is probably wrong)."""
+        for _ in range(self.max_consecutive_failures):
+            try:
+                return index, load(index)
+            except ImageLoadError as err:
+                if self.strict:
+                    raise self.strict_error(err) from err
+                bad.append(f"{err.path}: {err.reason}")
+                log.warning("%s item %d skipped: %s: %s", what, index, err.path, err.reason)
+                index = rng.randrange(size)
+        raise TooManyBadImagesError(
+            f"{self.max_consecutive_failures} {what} items in a row had a bad image; is the data folder "
+            "right? Last failures:\n  " + "\n  ".join(bad[-5:])
+        )
+
     def first_loadable(
         self, table: ProductTable, product: Product, order: Sequence[int], bad: list[str]
     ) -> torch.Tensor:
@@ -63,9 +92,7 @@ class ImageReader:
                 return load_image(table.image_dir, product.images[i])
             except ImageLoadError as err:
                 if self.strict:
-                    raise ImageLoadError(
-                        err.path, err.reason + " (data.strict_images=true; set it false to skip bad images)"
-                    ) from err
+                    raise self.strict_error(err) from err
                 bad.append(f"{err.path}: {err.reason}")
         raise UnloadableProductError(f"{table.dataset} product {product.id}: no loadable image")
 

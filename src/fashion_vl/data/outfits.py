@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from fashion_vl.data.datasets import ImageReader, TooManyBadImagesError, as_key, seeded_transform
+from fashion_vl.data.datasets import ImageReader, as_key, seeded_transform
 from fashion_vl.data.formats._json import DataFormatError
 from fashion_vl.data.images import ImageLoadError, load_image
 from fashion_vl.data.records import OutfitQuestion
@@ -59,22 +59,15 @@ class OutfitPairDataset(Dataset):
         key = as_key(key)
         rng = random.Random(key.seed)
         bad: list[str] = []
-        index = key.index
-        for _ in range(self.reader.max_consecutive_failures):
+
+        def load(index: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
             question, blank = rng.sample(self.outfits[index], 2)
-            try:
-                q_img = load_image(self.image_dir, f"{question}.jpg")
-                b_img = load_image(self.image_dir, f"{blank}.jpg")
-                break
-            except ImageLoadError as err:
-                if self.reader.strict:
-                    raise
-                bad.append(f"{err.path}: {err.reason}")
-                index = rng.randrange(len(self))
-        else:
-            raise TooManyBadImagesError(
-                "Polyvore OCIR: too many consecutive bad images:\n  " + "\n  ".join(bad[-5:])
-            )
+            images = (load_image(self.image_dir, f"{q}.jpg") for q in (question, blank))
+            return question, blank, *images
+
+        _, (question, blank, q_img, b_img) = self.reader.load_or_replace(
+            load, key.index, len(self), rng, bad, "Polyvore OCIR"
+        )
         return {
             "question_image": seeded_transform(self.transform, q_img, key.seed),
             "blank_image": seeded_transform(self.transform, b_img, key.seed + 1),

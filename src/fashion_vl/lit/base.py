@@ -10,6 +10,7 @@ from lightning import LightningModule
 from torch import nn
 
 from fashion_vl.optim import param_groups
+from fashion_vl.utils.speed import multi_tensor_kwargs
 
 
 class FashionLitModule(LightningModule):
@@ -49,13 +50,20 @@ class FashionLitModule(LightningModule):
             fast_modules=self.fast_modules,
             lr_multiplier=self.lr_multiplier,
         )
-        optimizer = self.optimizer_factory(params=groups)
+        optimizer = self.optimizer_factory(
+            params=groups, **multi_tensor_kwargs(self.optimizer_factory, self._parameter_device())
+        )
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "step"},
         }
+
+    def _parameter_device(self) -> torch.device:
+        """Where the parameters will live when training (the strategy's device once attached)."""
+        trainer = self._trainer
+        return trainer.strategy.root_device if trainer is not None else self.device
 
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])

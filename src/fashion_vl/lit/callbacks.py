@@ -12,6 +12,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from fashion_vl.utils.speed import compile_units
+
 log = logging.getLogger(__name__)
 
 
@@ -109,6 +111,41 @@ class BadImageMonitor(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.count = state_dict.get("count", 0)
+
+
+class CompileModules(Callback):
+    """``torch.compile`` the network's compile units (``net.compile_units()``) in place at set-up.
+
+    Args:
+        enabled: ``auto`` compiles when the trainer runs on CUDA; on CPU the compiler's start-up (a
+            minute or more per graph) costs more than tests and demos gain. ``true``/``false`` force it.
+        mode, dynamic, fullgraph, backend: passed to ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        enabled: bool | str = "auto",
+        mode: str | None = None,
+        dynamic: bool | None = None,
+        fullgraph: bool = False,
+        backend: str = "inductor",
+    ) -> None:
+        if enabled not in (True, False, "auto"):
+            raise ValueError(f"callbacks.compile.enabled must be true, false or auto, not {enabled!r}")
+        self.enabled = enabled
+        self.options = dict(mode=mode, dynamic=dynamic, fullgraph=fullgraph, backend=backend)
+        self.compiled: list[str] = []
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        on_cuda = trainer.strategy.root_device.type == "cuda"
+        if self.enabled is False or (self.enabled == "auto" and not on_cuda):
+            return
+        net = getattr(pl_module, "net", None)
+        if net is None:
+            return
+        self.compiled += compile_units(net, **self.options)
+        if self.compiled:
+            log.info("torch.compile (%s): %s", self.options["backend"], ", ".join(self.compiled))
 
 
 class ConfigInCheckpoint(Callback):

@@ -108,6 +108,18 @@ class FashionViL(nn.Module):
     def vocab_size(self) -> int:
         return self.text_encoder.config.vocab_size
 
+    def compile_units(self) -> dict[str, nn.Module]:
+        """The parts ``torch.compile`` takes one by one: the grid image encoder, BERT's embeddings and its
+        layer stack. Every entry point (image only, text only, fused) runs through them, while the glue between
+        (masking the grid, concatenating text and visual tokens) stays eager, so no entry point needs a
+        graph of its own."""
+        bert = self.text_encoder
+        return {
+            "image_encoder": self.image_encoder,
+            "text_encoder.embeddings": bert.embeddings,
+            "text_encoder.encoder": bert.encoder,
+        }
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Contrastive embedding ``s * x / ||x||``."""
         return self.contrastive_norm(x)

@@ -33,6 +33,7 @@ from fashion_vl.data.synth.taxonomy import (
     sample_garment,
     subcategories_of,
 )
+from fashion_vl.data.synth.tryon import TryOnJob, write_vitonhd
 
 log = logging.getLogger(__name__)
 GENERATOR_VERSION = 3
@@ -47,12 +48,13 @@ class SizeSpec:
     fashion200k: tuple[int, int]  # train, test product families
     polyvore: tuple[int, int]  # train, test outfits
     fashioniq: tuple[int, int]  # train, val triplets per category
+    vitonhd: tuple[int, int] = (16, 8)  # train, test people (optional dataset, see OPTIONAL_WRITERS)
 
 
 SIZES: dict[str, SizeSpec] = {
-    "tiny": SizeSpec((48, 24), (16, 8), (12, 8), (12, 8), (12, 8)),
-    "small": SizeSpec((600, 150), (300, 50), (150, 60), (240, 80), (200, 60)),
-    "medium": SizeSpec((6000, 1500), (3000, 500), (1500, 600), (2400, 800), (2000, 600)),
+    "tiny": SizeSpec((48, 24), (16, 8), (12, 8), (12, 8), (12, 8), (16, 8)),
+    "small": SizeSpec((600, 150), (300, 50), (150, 60), (240, 80), (200, 60), (400, 100)),
+    "medium": SizeSpec((6000, 1500), (3000, 500), (1500, 600), (2400, 800), (2000, 600), (4000, 1000)),
 }
 
 
@@ -68,8 +70,8 @@ class RenderJob:
 class Written:
     """What a writer produced: JSON files, render jobs, texts for the tokenizer, counts."""
 
-    files: dict[str, object] = field(default_factory=dict)
-    jobs: list[RenderJob] = field(default_factory=list)
+    files: dict[str, object] = field(default_factory=dict)  # a str is written as is, anything else as JSON
+    jobs: list[RenderJob | TryOnJob] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -360,10 +362,18 @@ WRITERS: dict[str, Callable[[random.Random, SizeSpec], Written]] = {
     "polyvore": write_polyvore,
     "fashioniq": write_fashioniq,
 }
+# Written only when named in ``only`` (``fvl-data synth --only vitonhd``): the default output stays the
+# five datasets above, byte for byte.
+OPTIONAL_WRITERS: dict[str, Callable[[random.Random, SizeSpec], Written]] = {
+    "vitonhd": write_vitonhd,
+}
 
 
-def _render_chunk(root: str, image_size: int, jobs: list[RenderJob]) -> int:
+def _render_chunk(root: str, image_size: int, jobs: list[RenderJob | TryOnJob]) -> int:
     for job in jobs:
+        if isinstance(job, TryOnJob):  # several pictures of one person
+            job.write(Path(root), image_size)
+            continue
         path = Path(root) / job.path
         path.parent.mkdir(parents=True, exist_ok=True)
         img = render(job.garment, job.view, image_size, job.seed)
@@ -388,22 +398,24 @@ def generate(
 
     Args:
         size: a name in :data:`SIZES` or a :class:`SizeSpec`.
-        only: names of :data:`WRITERS` to write (default: all five datasets).
+        only: names of :data:`WRITERS` or :data:`OPTIONAL_WRITERS` to write (default: the five
+            datasets of :data:`WRITERS`).
 
     Returns the manifest (seed, size, counts) also written to ``out/synthetic_manifest.json``.
     """
     if isinstance(size, str) and size not in SIZES:
         raise ValueError(f"--size must be one of {sorted(SIZES)}, not {size!r}")
+    writers = {**WRITERS, **OPTIONAL_WRITERS}
     names = list(WRITERS) if only is None else list(only)
-    unknown = sorted(set(names) - set(WRITERS))
+    unknown = sorted(set(names) - set(writers))
     if unknown:
-        raise ValueError(f"unknown datasets {unknown}; choose from {sorted(WRITERS)}")
+        raise ValueError(f"unknown datasets {unknown}; choose from {sorted(writers)}")
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --overwrite to replace it")
     spec = SIZES[size] if isinstance(size, str) else size
     start = time.perf_counter()
-    written = {name: WRITERS[name](random.Random(f"{seed}/{name}"), spec) for name in names}
+    written = {name: writers[name](random.Random(f"{seed}/{name}"), spec) for name in names}
     jobs = [job for w in written.values() for job in w.jobs]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -413,7 +425,9 @@ def generate(
                 path = tmp / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(
-                    json.dumps(payload, indent=1 if path.name.endswith("metadata.json") else None)
+                    payload
+                    if isinstance(payload, str)
+                    else json.dumps(payload, indent=1 if path.name.endswith("metadata.json") else None)
                 )
         workers = workers or max(1, min(os.cpu_count() or 1, 8))
         chunks = [jobs[i : i + 64] for i in range(0, len(jobs), 64)]

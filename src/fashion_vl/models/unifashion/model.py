@@ -68,6 +68,12 @@ class UniFashion(nn.Module):
         else:
             self.qformer.qformer.gradient_checkpointing_disable()
 
+    def compile_units(self) -> dict[str, nn.Module]:
+        """The parts ``torch.compile`` takes one by one: the frozen ViT (most of phase 1's FLOPs at
+        ViT-g size) and the Q-Former's transformer. The LLM is left out: its ``generate`` loop and peft's
+        adapters change shape every call."""
+        return {"image_encoder": self.image_encoder, "qformer.qformer": self.qformer.qformer}
+
     @property
     def vocab_size(self) -> int:
         """The Q-Former's vocabulary (what the data tokenizer must fit)."""

@@ -1,0 +1,220 @@
+"""The benchmarks run on CPU on tiny configs, and the fast training path keeps the maths."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_vl.bench.cli import training_main
+from fashion_vl.bench.training import Path as ExecPath
+from fashion_vl.bench.training import StepBench, build, compose_experiment, reference_paths
+from fashion_vl.utils.speed import multi_tensor_kwargs
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"itc", "itm", "mlm", "mpfc", "mvc", "pac"}
+SMALL = [
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "data.pad_to_max_length=true",
+    "image_size=64",
+    "resize_size=72",
+]
+
+
+def test_bench_pretrain_reports_every_task_path_and_derived_figure(synth_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        "--experiment",
+        "demo_pretrain",
+        "--batch-size",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--num-batches",
+        "2",
+        "--codebook-size",
+        "64",
+        "--device",
+        "cpu",
+        "--paths",
+        "eager_fp32,default",
+        "--data-dir",
+        str(synth_dir),
+        "--num-workers",
+        "0",
+        "--out",
+        str(out),
+        "image_size=64",
+        "resize_size=72",
+        "data.patch_masking.grid=[4,4]",
+        "data.patch_masking.num_masked=3",
+    ]
+    result = training_main(argv, "bench", ["demo_pretrain"])
+    assert json.loads(out.read_text())["batch_size"] == 4
+    for path in ("eager_fp32", "default"):
+        tasks = result["paths"][path]["tasks"]
+        assert set(tasks) == TASKS | {"mix"}
+        assert all(row["samples_per_s"] > 0 and row["mfu"] > 0 for row in tasks.values())
+    assert result["paths"]["default"]["tasks"]["mix"]["speedup_vs_eager_fp32"] > 0
+    flops = result["flops_per_sample"]
+    # MVC fuses two views and ITM adds a no-grad mining pass: both cost more than ITC's image + text
+    assert flops["mvc"] > flops["itc"] and flops["itm"] > flops["itc"]
+    assert min(flops[t] for t in TASKS) < flops["mix"] < max(flops[t] for t in TASKS)
+    assert set(result["overhead_ratio"]) == {"itc", "mlm"}
+    assert set(result["components_s"]) == {"cnn", "bert_text", "bert_fused", "optimizer"}
+    assert result["data_path"]["ratio"] > 0
+    assert result["config"]["model"]["text_encoder"]["pretrained"] is False
+
+
+def test_bench_finetune_and_eval_scripts_run(synth_dir: Path, tmp_path: Path) -> None:
+    common = ["--device", "cpu", "--data-dir", str(synth_dir)]
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/bench_finetune.py"),
+            "--experiment",
+            "demo_finetune_retrieval",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--num-batches",
+            "1",
+            "--num-workers",
+            "0",
+            "--paths",
+            "eager_fp32",
+            "--no-components",
+            "--no-data-path",
+            "--out",
+            str(tmp_path / "ft.json"),
+            *common,
+            "image_size=64",
+            "resize_size=72",
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    ft = json.loads((tmp_path / "ft.json").read_text())
+    assert ft["paths"]["eager_fp32"]["tasks"]["train"]["samples_per_s"] > 0
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/bench_eval.py"),
+            "--experiment",
+            "demo_pretrain",
+            "--num-items",
+            "40",
+            "--image-size",
+            "64",
+            "--batch-size",
+            "16",
+            "--chunk-size",
+            "8",
+            "--paths",
+            "default",
+            "--out",
+            str(tmp_path / "ev.json"),
+            *common,
+        ],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    ev = json.loads((tmp_path / "ev.json").read_text())["paths"][0]
+    assert ev["num_items"] == 40 and ev["full_gallery_recall_s"] > 0 and ev["images_per_s"] > 0
+
+
+def test_fast_path_gives_the_eager_fp32_losses(synth_dir: Path) -> None:
+    """channels_last, torch.compile (graph capture and AOT autograd; the aot_eager backend, as CPU CI
+    has no time for inductor's code generation) and the multi-tensor optimizer leave every task's loss
+    where the eager fp32 path puts it, before and after one optimisation step."""
+    cfg = compose_experiment(
+        "demo_pretrain",
+        str(synth_dir),
+        [*SMALL, "data.patch_masking.grid=[4,4]", "data.patch_masking.num_masked=3"],
+    )
+    device = torch.device("cpu")
+    bench = StepBench(cfg, device, steps=1, warmup=0, num_batches=2, codebook_size=64)
+    fast = ExecPath(
+        "fast",
+        None,
+        channels_last=True,
+        compile=True,
+        tf32=False,
+        project_optimizer=True,
+        compile_backend="aot_eager",
+    )
+    losses = {}
+    for path in (reference_paths()["eager_fp32"], fast):
+        built = build(cfg, path, device)
+        before = bench.initial_losses(built, path)
+        built.lit.eval()  # no drop-out: the step is deterministic on both paths
+        for name, loss_of in built.tasks.items():
+            if name == "mix":
+                continue
+            built.optimizer.zero_grad(set_to_none=True)
+            loss_of(bench.batches[0], 0).backward()
+            built.optimizer.step()
+        with torch.no_grad():
+            after = {
+                n: float(loss_of(bench.batches[1], 1)) for n, loss_of in built.tasks.items() if n != "mix"
+            }
+        losses[path.name] = (before, after)
+        if path.compile:
+            assert built.lit.net.text_encoder.encoder._compiled_call_impl is not None
+            assert (
+                isinstance(built.optimizer.defaults.get("foreach"), bool)
+                and built.optimizer.defaults["foreach"]
+            )
+    for when in (0, 1):
+        eager, compiled = losses["eager_fp32"][when], losses["fast"][when]
+        assert set(eager) == TASKS
+        for task in TASKS:
+            assert compiled[task] == pytest.approx(eager[task], rel=1e-4, abs=1e-5), (when, task)
+
+
+def test_optimizer_implementation_follows_the_device() -> None:
+    factory = functools.partial(torch.optim.AdamW, lr=1e-3)
+    assert multi_tensor_kwargs(factory, torch.device("cuda")) == {"fused": True}
+    assert multi_tensor_kwargs(factory, torch.device("cpu")) == {"foreach": True}
+    explicit = functools.partial(torch.optim.AdamW, lr=1e-3, foreach=False)
+    assert multi_tensor_kwargs(explicit, torch.device("cuda")) == {}
+    assert multi_tensor_kwargs(functools.partial(torch.optim.SGD, lr=0.1), torch.device("cpu")) == {
+        "foreach": True
+    }
+
+
+def test_compile_callback_compiles_units_in_place_only_where_asked(tmp_path: Path) -> None:
+    from lightning import Trainer
+
+    from fashion_vl.lit.base import FashionLitModule
+    from fashion_vl.lit.callbacks import CompileModules
+    from tests.test_models import tiny_fashionvil
+
+    net = tiny_fashionvil()
+    lit = FashionLitModule(net, optimizer=functools.partial(torch.optim.AdamW, lr=1e-4))
+    keys = list(lit.state_dict())
+    trainer = Trainer(accelerator="cpu", logger=False, default_root_dir=tmp_path)
+    auto = CompileModules(enabled="auto")
+    auto.setup(trainer, lit, "fit")
+    assert auto.compiled == [] and net.text_encoder.encoder._compiled_call_impl is None
+    forced = CompileModules(enabled=True, backend="aot_eager")
+    forced.setup(trainer, lit, "fit")
+    assert forced.compiled == ["image_encoder", "text_encoder.embeddings", "text_encoder.encoder"]
+    assert list(lit.state_dict()) == keys  # checkpoints stay interchangeable with eager runs
+    ids, mask = torch.randint(5, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    assert net.encode_fused(ids, mask, torch.randn(2, 3, 56, 56)).pooled.shape == (2, net.hidden_size)
+    with pytest.raises(ValueError, match=r"callbacks\.compile\.enabled"):
+        CompileModules(enabled="yes")
