@@ -179,6 +179,78 @@ def test_fashioniq_datamodule_gives_target_captions(synth_dir: Path) -> None:
     assert eval_batch["gallery_input_ids"].shape[0] == eval_batch["gallery_image"].shape[0]
 
 
+def test_itm_rescore_is_the_match_logit_as_in_compute_itm_or_its_probability() -> None:
+    """Re-ranking adds the ITM score to the ITC cosine: by default the match-class logit averaged over the
+    queries (the reference's and LAVIS's ``compute_itm``), not its probability squashed into [0, 1]."""
+    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.losses.composed import ComposedItcLoss
+
+    def module(**kwargs) -> UniFashionComposedModule:
+        return UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss()}, {"itc": 1.0},
+                                        optimizer=torch.optim.AdamW, **kwargs)  # fmt: skip
+
+    logit, probability = module(), module(rerank_itm_score="probability")
+    assert logit.rerank_itm_score == "logit"
+    images = torch.randn(3, 3, 28, 28)
+    ids, mask = texts()
+    with torch.no_grad():
+        tokens = logit.net.image_tokens(images)
+    for m in (logit, probability):
+        m._gallery_tokens = list(tokens.unbind(0))
+        m._query_texts = [(i[b.bool()], b[b.bool()]) for i, b in zip(ids, mask, strict=True)]
+    query_index, gallery_index = torch.tensor([0, 1]), torch.tensor([[2, 0], [1, 2]])
+    scores = logit.itm_rescore(query_index, gallery_index)
+    with torch.no_grad():
+        pairs = [(0, 2), (0, 0), (1, 1), (1, 2)]
+        expected = torch.stack([
+            logit.net.qformer.itm_logits(tokens[g : g + 1], ids[q : q + 1, : int(mask[q].sum())],
+                                         mask[q : q + 1, : int(mask[q].sum())])[0]
+            for q, g in pairs
+        ])  # fmt: skip
+    torch.testing.assert_close(scores, expected[:, 1].view(2, 2))
+    torch.testing.assert_close(
+        probability.itm_rescore(query_index, gallery_index), expected.softmax(dim=-1)[:, 1].view(2, 2)
+    )
+    with pytest.raises(ValueError, match="rerank_itm_score"):
+        module(rerank_itm_score="log_softmax")
+
+
+def test_itm_on_modification_text_trains_on_the_pairs_reranking_scores() -> None:
+    """``itm_text: modification``: the ITM objective sees (target image, modification text), the pairs
+    :meth:`itm_rescore` scores at test time, with negatives mined from the modification texts' features."""
+    from fashion_vl.lit.unifashion_composed import ItmOnModificationText, UniFashionComposedModule
+    from fashion_vl.losses.composed import ComposedItcLoss, TargetItmLoss
+    from fashion_vl.models.outputs import ComposedEncoding
+
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, net, enc, batch, generator):
+            seen.update(enc=enc, batch=batch)
+            return {"loss": torch.zeros(())}
+
+    net = tiny_net()
+    ids, mask = texts()
+    caption_ids = torch.tensor([[2, 50, 51, 3], [2, 60, 3, 0]])
+    batch = {"input_ids": ids, "attention_mask": mask, "target_input_ids": caption_ids,
+             "target_attention_mask": (caption_ids != 0).long(), "target_key": torch.tensor([0, 1])}  # fmt: skip
+    enc = ComposedEncoding(*(torch.zeros(2, 1) for _ in range(5)), torch.tensor(0.07))
+    ItmOnModificationText(Spy())(net, enc, batch, torch.Generator())
+    assert seen["batch"]["target_input_ids"] is ids and seen["batch"]["target_attention_mask"] is mask
+    with torch.no_grad():
+        torch.testing.assert_close(seen["enc"].caption_feat, net.encode_text(ids, mask))
+    assert seen["batch"]["target_key"] is batch["target_key"] and batch["target_input_ids"] is caption_ids
+
+    def module(itm_text: str) -> UniFashionComposedModule:
+        return UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss(), "itm": TargetItmLoss()},
+                                        {"itc": 1.0, "itm": 1.0}, torch.optim.AdamW, itm_text=itm_text)  # fmt: skip
+
+    assert isinstance(module("caption").objectives["itm"], TargetItmLoss)
+    assert isinstance(module("modification").objectives["itm"], ItmOnModificationText)
+    with pytest.raises(ValueError, match="itm_text"):
+        module("reference")
+
+
 DEMO = [
     "experiment=demo_unifashion_phase2", "image_size=56", "data.batch_size=8", "data.eval_batch_size=16",
     "data.num_workers=0", "lit.rerank_top_k=5", "logger=csv", "print_config=false",

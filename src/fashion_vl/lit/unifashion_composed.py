@@ -3,6 +3,7 @@ FashionIQ, evaluated as FashionViL's composed retrieval and again after ITM re-r
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
@@ -19,6 +20,31 @@ from fashion_vl.metrics.composed import ComposedGalleryRecall
 from fashion_vl.metrics.retrieval import candidate_scores
 from fashion_vl.models.outputs import ComposedEncoding
 from fashion_vl.models.unifashion import UniFashion
+
+ITM_TEXTS = ("caption", "modification")
+
+
+class ItmOnModificationText(nn.Module):
+    """Runs an ITM objective written for (target image, target caption) pairs
+    (:class:`~fashion_vl.losses.TargetItmLoss`) on (target image, modification text) pairs instead: the
+    pairs re-ranking scores at test time, where the query's only text is its modification text. Hard
+    negatives are mined from the modification texts' own text [CLS] features (computed without
+    gradient); positives are still masked by target image (``target_key``)."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(
+        self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            text_feat = net.encode_text(ids, mask)
+        enc = dataclasses.replace(enc, caption_feat=text_feat)
+        return self.objective(
+            net, enc, {**batch, "target_input_ids": ids, "target_attention_mask": mask}, generator
+        )
 
 
 class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallHooks, FashionLitModule):
@@ -45,9 +71,18 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
             caption feature to every target vector, so the max over them gains exactly that term.
             Needs gallery captions (``data.target_captions=true``); gallery images without one add 0.
         rerank_top_k: candidates re-scored per query (the reference's 100); 0 turns re-ranking off.
-        rerank_itc_weight: re-ranking score = ITM match probability + this x the ITC score (the reference
-            re-scores with the ITM head alone: 0; BLIP's re-ranking adds the ITC score: 1).
+        rerank_itc_weight: re-ranking score = ITM match score + this x the ITC score (the reference
+            re-scores with the ITM head alone: 0; BLIP's re-ranking adds the ITC cosine: 1).
+        rerank_itm_score: the ITM match score: ``logit`` (the reference's and LAVIS's ``compute_itm``,
+            BLIP's re-ranking: ``itm_head``'s match-class logit averaged over the queries, unbounded like
+            the scores it is added to) or ``probability`` (its softmax match probability, squashed into
+            [0, 1]: not the scale BLIP's sum adds to the ITC cosine; kept to reproduce older figures).
         rerank_batch_size: (candidate image, text) pairs per ITM forward.
+        itm_text: the text of the ITM objective's pairs: ``caption`` (the reference: the target caption,
+            needs ``data.target_captions=true``) or ``modification`` (the modification text, wrapped by
+            :class:`ItmOnModificationText`): the (target image, modification text) pairs are the ones
+            re-ranking scores at test time, so the head is trained on what it is asked; with ``caption``
+            it scores relative texts ("is shorter", "is red instead of blue") it never saw.
         seed: seeds the objectives' random choices.
         ks, group_names: see :class:`ComposedGalleryRecall`.
         optimizer, scheduler, lr_multiplier, fast_modules: see
@@ -69,7 +104,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         score_with_caption: bool = False,
         rerank_top_k: int = 100,
         rerank_itc_weight: float = 0.0,
+        rerank_itm_score: str = "logit",
         rerank_batch_size: int = 256,
+        itm_text: str = "caption",
         lr_multiplier: float = 1.0,
         fast_modules: Sequence[str] = (),
         ks: Sequence[int] = (10, 50),
@@ -87,11 +124,22 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         self.weights = {name: float(w) for name, w in loss_weights.items() if w > 0}
         if not self.weights:
             raise ValueError("lit.loss_weights: every weight is zero")
-        self.objectives = nn.ModuleDict({name: objectives[name] for name in self.weights})
+        if itm_text not in ITM_TEXTS:
+            raise ValueError(f"lit.itm_text must be one of {ITM_TEXTS}, not {itm_text!r}")
+        self.itm_text = itm_text
+        chosen = {name: objectives[name] for name in self.weights}
+        if itm_text == "modification" and "itm" in chosen:
+            chosen["itm"] = ItmOnModificationText(chosen["itm"])
+        self.objectives = nn.ModuleDict(chosen)
         self.seed = seed
         self.score_with_caption = score_with_caption
         self.rerank_top_k = rerank_top_k
         self.rerank_itc_weight = rerank_itc_weight
+        if rerank_itm_score not in ("logit", "probability"):
+            raise ValueError(
+                f"lit.rerank_itm_score must be 'logit' or 'probability', not {rerank_itm_score!r}"
+            )
+        self.rerank_itm_score = rerank_itm_score
         self.rerank_batch_size = rerank_batch_size
         self.val_recall = ComposedGalleryRecall(ks, group_names)
         self.test_recall = ComposedGalleryRecall(ks, group_names)
@@ -155,8 +203,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
     @torch.no_grad()
     def itm_rescore(self, query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-        """ITM match probabilities ``[n, k]`` of (candidate target image, query's modification text) pairs;
-        indices in the order the evaluation saw queries and gallery images."""
+        """ITM match scores ``[n, k]`` (``rerank_itm_score``: the match-class logit or its probability) of
+        (candidate target image, query's modification text) pairs; indices in the order the evaluation saw
+        queries and gallery images."""
         pairs = [(int(q), int(g)) for q, row in zip(query_index, gallery_index, strict=True) for g in row]
         scores = []
         device, dtype = self.device, self.net.qformer.query_tokens.dtype
@@ -175,7 +224,10 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
                 for row, (t, m) in enumerate(texts):
                     ids[row, : len(t)], mask[row, : len(m)] = t, m
                 logits = self.net.qformer.itm_logits(tokens, ids.to(device), mask.to(device))
-                scores.append(logits.float().softmax(dim=-1)[:, 1].cpu())
+                logits = logits.float()
+                if self.rerank_itm_score == "probability":
+                    logits = logits.softmax(dim=-1)
+                scores.append(logits[:, 1].cpu())
         return torch.cat(scores).view(gallery_index.shape)
 
     def _log_recall(self, split: str) -> None:
