@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from fashion_vl.bench.cli import training_main
-from fashion_vl.bench.training import Path as ExecPath
-from fashion_vl.bench.training import StepBench, build, compose_experiment, reference_paths
+from fashion_vl.bench.training import ExecutionPath, StepBench, build, compose_experiment, reference_paths
 from fashion_vl.utils.speed import multi_tensor_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +146,7 @@ def test_fast_path_gives_the_eager_fp32_losses(synth_dir: Path) -> None:
     )
     device = torch.device("cpu")
     bench = StepBench(cfg, device, steps=1, warmup=0, num_batches=2, codebook_size=64)
-    fast = ExecPath(
+    fast = ExecutionPath(
         "fast",
         None,
         channels_last=True,

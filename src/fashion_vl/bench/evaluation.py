@@ -8,29 +8,19 @@ from typing import Any
 
 import torch
 
-from fashion_vl.bench.timing import peak_memory_gib, reset_peak_memory, synchronize
-from fashion_vl.bench.training import Path, matmul_precision
+from fashion_vl.bench.timing import peak_memory_gib, reset_peak_memory, time_once
+from fashion_vl.bench.training import ExecutionPath, matmul_precision
 from fashion_vl.metrics.retrieval import full_gallery_recall
 from fashion_vl.utils.speed import compile_units
 
 FASHIONGEN_VAL_IMAGES = 32_528  # the reference's FashionGen val gallery
 
 
-def _timed(fn, device: torch.device) -> tuple[Any, float]:
-    import time
-
-    synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    synchronize(device)
-    return out, time.perf_counter() - start
-
-
 @torch.inference_mode()
 def bench_gallery(
     net: torch.nn.Module,
     device: torch.device,
-    path: Path,
+    path: ExecutionPath,
     *,
     num_items: int = FASHIONGEN_VAL_IMAGES,
     image_size: int = 224,
@@ -88,10 +78,10 @@ def bench_gallery(
                 net.encode_image(images(batch_size))
                 net.encode_text(*texts(batch_size))
         reset_peak_memory(device)
-        image_emb, image_s = _timed(embed_images, device)
-        text_emb, text_s = _timed(embed_texts, device)
+        image_emb, image_s = time_once(embed_images, device)
+        text_emb, text_s = time_once(embed_texts, device)
         ids = torch.arange(num_items, device=device)
-        recall, recall_s = _timed(
+        recall, recall_s = time_once(
             lambda: full_gallery_recall(image_emb, ids, text_emb, ids, chunk_size=chunk_size), device
         )
     return {

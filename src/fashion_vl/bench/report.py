@@ -16,8 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fashion_vl.bench.timing import matmul_peak
-from fashion_vl.bench.training import Path as ExecPath
-from fashion_vl.bench.training import StepBench, default_path, reference_paths
+from fashion_vl.bench.training import ExecutionPath, StepBench, default_path, reference_paths
 
 
 def ensure_synthetic(data_dir: str | None, size: str, image_size: int) -> Path:
@@ -73,7 +72,7 @@ def run_training_bench(
 ) -> dict[str, Any]:
     """Every requested path, then the derived figures; the JSON payload of ``bench_pretrain.py``."""
     device = bench.device
-    known: dict[str, ExecPath] = {**reference_paths(), "default": default_path(bench.cfg, device)}
+    known: dict[str, ExecutionPath] = {**reference_paths(), "default": default_path(bench.cfg, device)}
     unknown = sorted(set(paths) - set(known))
     if unknown:
         raise ValueError(f"--paths: unknown {unknown}; choose from {sorted(known)}")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+T = TypeVar("T")
 
 
 def synchronize(device: torch.device) -> None:
@@ -29,6 +32,15 @@ def time_calls(fn: Callable[[], object], device: torch.device, steps: int, warmu
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def time_once(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """``fn()`` and the seconds it took, synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - start
 
 
 def median(values: list[float]) -> float:

@@ -1,7 +1,7 @@
 """Benchmark of training steps: the project's modules built from an experiment config, timed under
 several execution paths on the same batches.
 
-Paths (:class:`Path`): ``eager_fp32`` (the reference's precision: fp32, TF32 off, no compile),
+Paths (:class:`ExecutionPath`): ``eager_fp32`` (the reference's precision: fp32, TF32 off, no compile),
 ``bf16`` (autocast only) and ``default`` (what ``fvl-train`` does on this device: the trainer's
 precision, ``channels_last`` from the model config, ``torch.compile`` of the compile units on CUDA,
 the fused optimizer, TF32). The step is the optimisation step alone (zero-grad, forward, backward,
@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning import seed_everything
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig, OmegaConf
 
 from fashion_vl.bench.timing import count_flops, median, peak_memory_gib, reset_peak_memory, time_calls
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Path:
+class ExecutionPath:
     """How a step is executed; the model and data are the same for every path."""
 
     name: str
@@ -50,14 +51,14 @@ class Path:
         return getattr(torch, self.autocast) if self.autocast else None
 
 
-def reference_paths() -> dict[str, Path]:
+def reference_paths() -> dict[str, ExecutionPath]:
     return {
-        "eager_fp32": Path("eager_fp32", None, False, False, False, False),
-        "bf16": Path("bf16", "bfloat16", False, False, False, False),
+        "eager_fp32": ExecutionPath("eager_fp32", None, False, False, False, False),
+        "bf16": ExecutionPath("bf16", "bfloat16", False, False, False, False),
     }
 
 
-def default_path(cfg: DictConfig, device: torch.device) -> Path:
+def default_path(cfg: DictConfig, device: torch.device) -> ExecutionPath:
     """The path ``fvl-train`` takes with this config on ``device``."""
     precision = str(cfg.trainer.get("precision", "32-true"))
     autocast = (
@@ -69,7 +70,7 @@ def default_path(cfg: DictConfig, device: torch.device) -> Path:
     channels_last = bool(OmegaConf.select(cfg, "model.image_encoder.channels_last", default=False))
     tf32 = str(cfg.get("float32_matmul_precision", "highest")) != "highest"
     backend = str(compile_cfg.get("backend", "inductor"))
-    return Path("default", autocast, channels_last, compiled, tf32, True, backend)
+    return ExecutionPath("default", autocast, channels_last, compiled, tf32, True, backend)
 
 
 @contextmanager
@@ -110,7 +111,7 @@ class Built:
     tasks: dict[str, Callable[[dict, int], torch.Tensor]]  # task -> loss of (batch, step)
 
 
-def build(cfg: DictConfig, path: Path, device: torch.device, seed: int = 0) -> Built:
+def build(cfg: DictConfig, path: ExecutionPath, device: torch.device, seed: int = 0) -> Built:
     """The LightningModule of ``cfg`` on ``device`` with ``path``'s layout, compile and optimizer.
     The same seed gives the same initial weights for every path."""
     seed_everything(seed, workers=False, verbose=False)
@@ -155,7 +156,7 @@ def task_losses(lit: Any) -> dict[str, Callable[[dict, int], torch.Tensor]]:
 
 
 def optimisation_step(
-    built: Built, loss_of: Callable[[dict, int], torch.Tensor], path: Path, device: torch.device
+    built: Built, loss_of: Callable[[dict, int], torch.Tensor], path: ExecutionPath, device: torch.device
 ) -> Callable[[dict, int], torch.Tensor]:
     dtype = path.autocast_dtype
 
@@ -168,16 +169,6 @@ def optimisation_step(
         return loss.detach()
 
     return step
-
-
-def to_device(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 def add_patch_labels(batch: dict, codebook_size: int, generator: torch.Generator) -> dict:
@@ -225,7 +216,7 @@ class StepBench:
         self.codebook_size = codebook_size
         self.datamodule = instantiate(cfg.data, _convert_="partial")
         cpu_batches = batches_from(self.datamodule, num_batches, codebook_size)
-        self.batches = [to_device(b, device) for b in cpu_batches]
+        self.batches = [move_data_to_device(b, device) for b in cpu_batches]
         self.batch_size = batch_size(self.batches[0])
 
     def _cycle(self, step: Callable[[dict, int], torch.Tensor]) -> Callable[[], None]:
@@ -237,7 +228,7 @@ class StepBench:
 
         return call
 
-    def run_path(self, path: Path, tasks: list[str] | None = None) -> dict[str, Any]:
+    def run_path(self, path: ExecutionPath, tasks: list[str] | None = None) -> dict[str, Any]:
         """Per task: median step seconds, samples/s and peak memory; the first batch's loss at the
         initial weights, in eval mode (no drop-out), for comparing paths."""
         with matmul_precision(path.tf32), warnings.catch_warnings():
@@ -266,7 +257,7 @@ class StepBench:
         }
 
     @torch.no_grad()
-    def initial_losses(self, built: Built, path: Path) -> dict[str, float]:
+    def initial_losses(self, built: Built, path: ExecutionPath) -> dict[str, float]:
         dtype = path.autocast_dtype
         built.lit.eval()
         try:
@@ -303,7 +294,7 @@ class StepBench:
             out["mix"] = out.get("train", float("nan"))
         return out
 
-    def components(self, path: Path) -> dict[str, float]:
+    def components(self, path: ExecutionPath) -> dict[str, float]:
         """Median seconds of the pieces of a step at the same shapes, on ``path``: the CNN forward +
         backward, BERT over the text alone and over ``[text ; visual]``, and the optimizer step.
         FashionViL-shaped modules only (an empty dict otherwise)."""
@@ -353,7 +344,7 @@ class StepBench:
                 out[name] = median(time_calls(fn, self.device, self.steps, self.warmup))
             return out
 
-    def data_path(self, path: Path, task: str = "mix") -> dict[str, float]:
+    def data_path(self, path: ExecutionPath, task: str = "mix") -> dict[str, float]:
         """The same step fed from the DataLoader (decoding, augmentation, collation and the copy to the
         device inside the timed loop) against batches already on the device."""
         with matmul_precision(path.tf32), warnings.catch_warnings():
@@ -368,7 +359,7 @@ class StepBench:
 
             def from_files() -> None:
                 batch = add_patch_labels(next(stream), self.codebook_size, generator)
-                step(to_device(batch, self.device), next(counter))
+                step(move_data_to_device(batch, self.device), next(counter))
 
             from_loader = time_calls(from_files, self.device, self.steps, self.warmup)
         tensors = self.batch_size * len(on_device) / sum(on_device)
