@@ -325,3 +325,23 @@ def test_demo_attribute_judge_trains_and_loads(tmp_path: Path, synth_dir: Path) 
     assert judge.image_size == 56 and not judge.training
     scores = attribute_accuracy(judge, _images(4, 0), asked_from_texts(["red wool coat"] * 4))
     assert 0.0 <= scores["colour_acc"] <= 100.0
+
+
+def test_demo_generation_chance_is_the_best_constant_answer(synth_dir: Path) -> None:
+    """scripts/demo_generation.py compares generated attributes with the best constant answer over the
+    judged products' texts."""
+    import importlib.util
+    from collections import Counter
+
+    from fashion_vl.data.formats import FashionGenSource
+    from fashion_vl.data.garment_labels import asked_from_texts
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "demo_generation.py"
+    spec = importlib.util.spec_from_file_location("demo_generation", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    chance = script.constant_guess(synth_dir, 6)
+    texts = [p.text for p in FashionGenSource(synth_dir, "val").read().products][:6]
+    colours = [int(c) for c in asked_from_texts(texts)["colour"]]
+    assert chance["colour"] == pytest.approx(100 * Counter(colours).most_common(1)[0][1] / 6)
+    assert all(0 < v <= 100 for v in chance.values())

@@ -418,3 +418,51 @@ def test_compile_units_give_the_eager_encodings(tokenizer_dir: str) -> None:
         torch.testing.assert_close(net.encode_image(batch["image"]), eager, rtol=1e-4, atol=1e-5)
         compiled_text = net.encode_text(batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(compiled_text, eager_text, rtol=1e-4, atol=1e-5)
+
+
+def test_unifashion_weight_decay_exempts_every_parameter_below_two_dimensions(tokenizer_dir: str) -> None:
+    """LAVIS's rule: biases, every norm (``layernorm``, ``ln_vision``: not caught by BERT's names) and
+    the temperature get no decay, in the fast group too; FashionViL's modules keep the name rule."""
+    lit = lit_module(tiny_net(tokenizer_dir))
+    groups = {g["name"]: g for g in lit.configure_optimizers()["optimizer"].param_groups}
+    names = {id(p): n for n, p in lit.named_parameters()}
+
+    def members(*keys: str) -> set[str]:
+        return {names[id(p)] for key in keys for p in groups.get(key, {"params": []})["params"]}
+
+    no_decay, decayed = members("base_no_decay", "fast_no_decay"), members("base", "fast")
+    assert all(groups[k]["weight_decay"] == 0 for k in ("base_no_decay", "fast_no_decay") if k in groups)
+    assert "net.qformer.ln_vision.weight" in no_decay and "net.qformer.temp" in no_decay
+    assert any(n.endswith("layernorm.weight") for n in no_decay)
+    assert all(lit.get_parameter(n).ndim >= 2 for n in decayed)
+    assert all(lit.get_parameter(n).ndim < 2 for n in no_decay)
+    assert "net.qformer.query_tokens" in decayed  # 3-d: decayed, as in LAVIS
+    # FashionViL's name rule is unchanged: a 1-d norm weight not named LayerNorm is decayed there
+    layer = torch.nn.Module()
+    layer.norm = torch.nn.LayerNorm(4)
+    from fashion_vl.optim import param_groups
+
+    default = {g["name"]: g["params"] for g in param_groups(layer, lr=1.0, weight_decay=0.1)}
+    assert default["base"] == [layer.norm.weight] and default["base_no_decay"] == [layer.norm.bias]
+
+
+def test_freeze_qformer_leaves_only_the_llm_bridge_training(tokenizer_dir: str) -> None:
+    torch.manual_seed(0)
+    base = tiny_net(tokenizer_dir)
+    net = UniFashion(base.image_encoder, base.qformer, base.llm, freeze_qformer=True)
+    lit = lit_module(net)
+    lit.train()
+    assert not net.qformer.training and net.qformer.llm_proj.training
+    optimizer = lit.configure_optimizers()["optimizer"]
+    in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    bridge = {id(p) for p in net.qformer.llm_proj.parameters()}
+    assert {id(p) for p in net.qformer.parameters()} & in_optimizer == bridge
+    before = {k: v.clone() for k, v in net.qformer.state_dict().items() if not k.startswith("llm_proj")}
+    batch = fake_batch()
+    enc = net.encode_pair(batch["image"], batch["input_ids"], batch["attention_mask"])
+    out = lit.objectives["caption"](net, enc, batch, torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    optimizer.step()
+    after = net.qformer.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert net.qformer.llm_proj.weight.grad is not None

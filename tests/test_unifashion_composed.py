@@ -293,3 +293,64 @@ def test_demo_phase2_learns_composed_retrieval(tmp_path: Path) -> None:
     ) / 3  # fmt: skip
     assert trained["test/mean_r@10"] > max(untrained["test/mean_r@10"], chance), (trained, untrained, chance)
     assert trained["test/rerank/mean_r@10"] >= trained["test/mean_r@10"] - 5.0  # 40 steps: ITM barely trained
+
+
+class _RecordingQFormer(torch.nn.Module):
+    """Stands in for the Q-Former in :class:`~fashion_vl.losses.TargetItmLoss`: records the ITM pairs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temp = torch.nn.Parameter(torch.tensor(0.1))
+        self.pairs = None
+
+    def itm_logits(self, tokens, ids, mask):
+        self.pairs = (tokens.detach().clone(), ids.clone())
+        return torch.zeros(tokens.shape[0], 2, requires_grad=True)
+
+
+@pytest.mark.parametrize("negatives", ["argmax", "sample"])
+def test_phase2_itm_negatives_skip_same_target_copies_and_follow_the_step_generator(negatives: str) -> None:
+    """Phase-2 ITM on (target image, target caption): each image's negative caption and each caption's
+    negative image belong to *another* target (copies of the same target in the batch are positives, not
+    negatives); ``sample`` (BLIP-2) draws them from the step's seeded generator only (same seed, same
+    pairs: resumable), and does draw different ones under different seeds; ``argmax`` ignores it."""
+    from fashion_vl.losses.composed import TargetItmLoss
+    from fashion_vl.models.outputs import ComposedEncoding
+
+    keys = torch.tensor([0, 1, 0, 2, 3, 1, 4, 2])  # targets 0, 1, 2 appear twice
+    n = len(keys)
+    torch.manual_seed(0)
+    feats = F.normalize(torch.randn(n, 3, 8), dim=-1)
+    caption = F.normalize(feats[:, 0] + 0.3 * torch.randn(n, 8), dim=-1)
+    tokens = torch.arange(n, dtype=torch.float)[:, None, None].expand(n, 2, 4)  # image i: all i
+    ids = torch.arange(n)[:, None] + 10  # caption i: token i + 10
+    batch = {"target_input_ids": ids, "target_attention_mask": torch.ones_like(ids), "target_key": keys}
+    enc = ComposedEncoding(caption, tokens, torch.zeros(n, 3, 4), feats, caption, torch.tensor(0.1))
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qformer = _RecordingQFormer()
+
+    def pairs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        net = Net()
+        TargetItmLoss(negatives)(net, enc, batch, torch.Generator().manual_seed(seed))
+        pair_tokens, pair_ids = net.qformer.pairs
+        image = pair_tokens[:, 0, 0].long()
+        text = pair_ids[:, 0] - 10
+        assert image[:n].tolist() == list(range(n)) and text[:n].tolist() == list(range(n))  # positives
+        assert text[n : 2 * n].tolist() == list(range(n))  # each caption with its negative image
+        assert image[2 * n :].tolist() == list(range(n))  # each image with its negative caption
+        return image[n : 2 * n], text[2 * n :]
+
+    draws = [pairs(seed) for seed in range(20)]
+    for negative_image, negative_text in draws:
+        assert (keys[negative_image] != keys).all(), negative_image
+        assert (keys[negative_text] != keys).all(), negative_text
+    for a, b in zip(pairs(3), draws[3], strict=True):
+        torch.testing.assert_close(a, b)  # the same seeded generator: the same negatives
+    distinct = {tuple(torch.cat(d).tolist()) for d in draws}
+    if negatives == "argmax":
+        assert len(distinct) == 1  # the hardest negative: no draw
+    else:
+        assert len(distinct) > 1  # sampled, not the argmax in disguise

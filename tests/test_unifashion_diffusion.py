@@ -237,3 +237,38 @@ def test_demo_phase1_diffusion_trains_three_steps(tmp_path: Path, synth_dir: Pat
     assert torch.isfinite(torch.tensor(metrics["train/diffusion_loss"]))
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert "objectives.diffusion.branch.proj.dense1.weight" in state
+
+
+def test_demo_phase1_diffusion_test_redraws_images_and_judges_their_attributes(
+    tmp_path: Path, synth_dir: Path
+) -> None:
+    """fvl-eval's generation path: the test split's first images are redrawn from their queries and
+    texts, an attribute judge (here random, saved as a demo_attribute_judge checkpoint) scores them,
+    and +viz writes the input / prompt / output grid."""
+    from fashion_vl.cli.eval import evaluate
+    from fashion_vl.models.attribute_judge import AttributeJudge
+
+    judge = AttributeJudge("resnet10t", image_size=32, channels=[8, 8, 16, 16], stem_width=8)
+    judge_ckpt = tmp_path / "judge.ckpt"
+    arch = {"_target_": "fashion_vl.models.attribute_judge.AttributeJudge", "backbone": "resnet10t",
+            "image_size": 32, "channels": [8, 8, 16, 16], "stem_width": 8}  # fmt: skip
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in judge.state_dict().items()}, "fvl_config": {"model": arch}},
+        judge_ckpt,
+    )
+    overrides = [
+        "experiment=demo_unifashion_phase1_diffusion", "image_size=56", "data.eval_batch_size=8",
+        "data.num_workers=0", "+trainer.limit_test_batches=2", "lit.caption_eval.max_images=0",
+        "lit.generation_eval.max_images=5", "lit.generation_eval.num_steps=2", "lit.generation_eval.num_examples=3",
+        f"lit.generation_eval.judge={judge_ckpt}", "print_config=false", "+viz=true",
+        "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    metrics, objects = evaluate(compose_config("eval", overrides, tmp_path, synth_dir))
+    lit = objects["lit"]
+    assert lit.generated_count == 5 and len(lit.test_examples) == 3
+    assert lit.test_examples[0]["output"].shape == (3, 32, 32)
+    for name in ("colour_acc", "category_acc", "pattern_acc", "acc"):
+        assert 0 <= metrics[f"test/generation/{name}"] <= 100
+    assert int(lit.generated.colour_total) == 5  # every synthetic title names a colour
+    assert (tmp_path / "generated_examples.png").is_file()
+    assert not any(k.startswith("external") or "judge" in k for k in lit.state_dict())

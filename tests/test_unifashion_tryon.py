@@ -234,3 +234,212 @@ def test_lightning_module_steps_and_optimizes_only_the_trainable_parts(tokenizer
     lit.eval()
     with torch.no_grad():
         lit.validation_step(batch, 0)
+
+
+# ------------------------------------------------------------------- the Q-Former reading sketch + caption
+def tiny_query_encoder(seed: int = 0, trainable: bool = False):
+    from fashion_vl.models.unifashion import FrozenViT, UniFashion, build_qformer
+    from fashion_vl.models.unifashion.tryon import SketchTextEncoder
+
+    torch.manual_seed(seed)
+    vit = FrozenViT(
+        "eva_giant_patch14_clip_224", img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0
+    )  # fmt: skip
+    qformer = build_qformer(
+        num_query_tokens=4, embed_dim=16, bos_token_id=127, vocab_size=128, hidden_size=WIDTH,
+        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+        encoder_hidden_size=32, initializer_range=0.1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return SketchTextEncoder(UniFashion(vit, qformer), trainable=trainable)
+
+
+def tokenised(batch: dict, tokenizer: str) -> dict:
+    from fashion_vl.data.collate import TextTokenizer
+    from fashion_vl.models.encoders.text import load_tokenizer
+
+    return {**batch, **TextTokenizer(load_tokenizer(tokenizer), 16)(batch["caption"])}
+
+
+def test_query_encoder_reads_sketch_and_caption_and_stays_frozen(tokenizer_dir: str) -> None:
+    encoder = tiny_query_encoder()
+    encoder.train()
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    batch = tokenised(tryon_batch(), tokenizer_dir)
+    pixels = encoder.pixels(batch["sketch"])
+    assert pixels.shape == (2, 3, 32, 32)
+    q = encoder(batch["sketch"], batch["input_ids"], batch["attention_mask"])
+    assert q.shape == (2, 4, WIDTH) and not q.requires_grad
+    other_sketch = encoder(1 - batch["sketch"], batch["input_ids"], batch["attention_mask"])
+    other_caption = encoder(batch["sketch"], batch["input_ids"].flip(0), batch["attention_mask"].flip(0))
+    assert (q - other_sketch).abs().max() > 1e-4 and (q - other_caption).abs().max() > 1e-4
+    # a 16x8 sketch is padded with white (no line) to a square before resizing: no stretching
+    tall = torch.zeros(1, 1, 16, 8)
+    tall[..., :, 0] = 1.0  # a line down the left edge
+    column = encoder.pixels(tall)[0, 0] * encoder.std[0, 0] + encoder.mean[0, 0]
+    # 4 px of white padding left of the line in 16 -> the line at x = 8..9 of 32, white left of it
+    assert int(column.mean(0).argmin()) in (8, 9) and column[:, :6].min() > 0.99
+
+
+def test_editor_with_query_encoder_conditions_on_it_and_needs_tokenised_captions(tokenizer_dir: str) -> None:
+    editor = TryOnEditor(tiny_branch(tokenizer_dir), query_encoder=tiny_query_encoder())
+    assert (
+        editor.vocab_size == 128 and tiny_editor(tokenizer_dir).vocab_size is None
+    )  # for check_tokenizer_fits
+    perturb_zero_convs(editor)
+    raw = tryon_batch()
+    with pytest.raises(KeyError, match=r"data\.tokenizer"):
+        editor.training_loss(raw, generator=torch.Generator().manual_seed(0))
+    batch = tokenised(raw, tokenizer_dir)
+    editor.train()
+    loss = editor.training_loss(batch, generator=torch.Generator().manual_seed(0), condition_drop=0.0)
+    loss.backward()
+    assert editor.branch.proj.dense1.weight.grad is not None  # the queries reach the ProjLayer
+    assert all(p.grad is None for p in editor.query_encoder.parameters())
+    # the conditioning is the encoder's: other sketch queries give another loss on the same noise
+    swapped = {
+        **batch,
+        "input_ids": batch["input_ids"].flip(0),
+        "attention_mask": batch["attention_mask"].flip(0),
+    }
+    editor.eval()  # no ProjLayer dropout: the same inputs give the same loss
+    with torch.no_grad():
+        first = editor.training_loss(batch, generator=torch.Generator().manual_seed(0), condition_drop=0.0)
+        again = editor.training_loss(batch, generator=torch.Generator().manual_seed(0), condition_drop=0.0)
+        other = editor.training_loss(swapped, generator=torch.Generator().manual_seed(0), condition_drop=0.0)
+    assert torch.equal(first, again) and not torch.isclose(other, first, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="query_dim"):
+        TryOnEditor(tiny_branch(tokenizer_dir), query_encoder=_wider_encoder())
+
+
+def _wider_encoder():
+    encoder = tiny_query_encoder()
+    encoder.unifashion.qformer.config.hidden_size = 2 * WIDTH  # what a mismatched config would report
+    return encoder
+
+
+def test_collate_tokenises_captions_when_the_datamodule_has_a_tokenizer(tokenizer_dir: str) -> None:
+    from fashion_vl.data.collate import TextTokenizer
+    from fashion_vl.data.tryon import collate_tryon
+    from fashion_vl.models.encoders.text import load_tokenizer
+
+    samples = [{"image": torch.zeros(3, 4, 4), "caption": c, "bad_images": []} for c in PROMPTS]
+    plain = collate_tryon(samples)
+    assert "input_ids" not in plain and plain["caption"] == PROMPTS
+    tokens = collate_tryon(samples, TextTokenizer(load_tokenizer(tokenizer_dir), 16))
+    assert tokens["input_ids"].shape[0] == 2 and tokens["attention_mask"].shape == tokens["input_ids"].shape
+
+
+# ------------------------------------------------------------------------------ test-time generation
+class _MeanColourQuality(torch.nn.Module):
+    """Stands in for FID/KID: counts what it is given (real vs generated)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))  # would enter the state dict if registered
+        self.reset()
+
+    def reset(self) -> None:
+        self.seen = {True: 0, False: 0}
+
+    def update(self, images: torch.Tensor, real: bool) -> None:
+        self.seen[real] += images.shape[0]
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {"fid": torch.tensor(float(self.seen[False]))}
+
+
+def test_test_step_scores_samples_outside_the_mask_and_keeps_examples(tokenizer_dir: str) -> None:
+    import functools
+
+    from fashion_vl.lit.unifashion_tryon import UniFashionTryOnModule
+
+    def run(paste_back: bool) -> tuple[dict, UniFashionTryOnModule]:
+        quality = _MeanColourQuality()
+        lit = UniFashionTryOnModule(
+            tiny_branch(tokenizer_dir), functools.partial(torch.optim.AdamW, lr=1e-3), seed=0,
+            sampling={"max_images": 3, "num_steps": 2, "guidance_scale": 2.0, "paste_back": paste_back,
+                      "num_examples": 2},
+            quality=quality,
+        )  # fmt: skip
+        assert not any(k.startswith("external") or "quality" in k for k in lit.state_dict())
+        logged = {}
+        lit.log_dict = lambda values, **kw: logged.update({k: float(v) for k, v in values.items()})
+        lit.on_test_epoch_start()
+        with torch.no_grad():
+            lit.test_step({**tryon_batch(2), "bad_images": []}, 0)
+            lit.test_step({**tryon_batch(2, seed=1), "bad_images": []}, 1)  # only 1 of these is sampled
+            lit.test_step({**tryon_batch(2, seed=2), "bad_images": []}, 2)  # budget spent
+        lit.on_test_epoch_end()
+        return logged, lit
+
+    logged, lit = run(paste_back=False)
+    assert lit.sampled == 3 and len(lit.test_examples) == 2
+    assert logged["test/fid"] == 3.0  # 3 generated pictures reached the quality metric
+    assert 0 < logged["test/keep_psnr"] < 30 and -1 <= logged["test/keep_ssim"] < 0.9  # random model
+    assert lit.test_examples[0]["output"].shape == (3, SIDE, SIDE)
+    pasted, _ = run(paste_back=True)  # the kept region is copied: exact outside the mask
+    assert pasted["test/keep_psnr"] > 60 and pasted["test/keep_ssim"] > 0.99
+    with pytest.raises(KeyError, match=r"lit\.sampling"):
+        UniFashionTryOnModule(tiny_branch(tokenizer_dir), None, sampling={"steps": 3})
+
+
+def test_result_grid_of_tryon_examples(tmp_path) -> None:
+    from fashion_vl.viz.examples import TRYON_COLUMNS, save_examples
+
+    class Done:
+        test_examples = [
+            {"agnostic": torch.zeros(3, 8, 6), "sketch": torch.ones(1, 8, 6), "mask": torch.ones(1, 8, 6),
+             "output": torch.rand(3, 8, 6) * 2 - 1, "person": torch.zeros(3, 8, 6), "caption": "red t-shirt"}
+        ] * 3  # fmt: skip
+
+    from PIL import Image
+
+    path = save_examples(Done(), None, tmp_path / "grid.png", n=2)
+    with Image.open(path) as grid:
+        assert grid.width > 128 * len(TRYON_COLUMNS) and grid.height > 2 * 128
+
+
+# ------------------------------------------------------------------------------------ fitted tiny VAE
+def test_fitted_vae_loads_into_the_branch_and_mismatches_are_clear(tmp_path, tokenizer_dir: str) -> None:
+    import functools
+
+    from diffusers import AutoencoderKL
+
+    from fashion_vl.lit.autoencoder_kl import AutoencoderKLModule
+    from fashion_vl.models.unifashion.diffusion import build_diffusion_branch
+    from tests.test_unifashion_diffusion import TEXT, UNET, VAE
+
+    torch.manual_seed(0)
+    lit = AutoencoderKLModule(AutoencoderKL(**VAE), functools.partial(torch.optim.AdamW, lr=3e-3))
+    optimizer = lit.configure_optimizers()["optimizer"]
+    batch = {"image": tryon_batch(4)["image"]}
+    losses = []
+    for _ in range(15):
+        loss = lit.training_step(batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]  # it learns to reconstruct
+    ckpt = tmp_path / "vae.ckpt"
+    torch.save({"state_dict": lit.state_dict()}, ckpt)
+    branch = build_diffusion_branch(
+        pretrained=False, tokenizer=tokenizer_dir, query_dim=WIDTH, proj_hidden_dim=64, resolution=16,
+        unet=UNET, vae=VAE, text_encoder=TEXT, vae_from=str(ckpt),
+    )  # fmt: skip
+    for name, value in lit.net.state_dict().items():
+        torch.testing.assert_close(branch.vae.state_dict()[name], value)
+    # scaled latents of unit variance: the scaling factor is 1 / the fitted latents' std
+    assert float(lit.latent_std) > 0
+    assert branch.vae.config.scaling_factor == pytest.approx(1 / float(lit.latent_std))
+    assert not any(p.requires_grad for p in branch.vae.parameters())  # still frozen in the branch
+    with pytest.raises(ValueError, match="does not fit"):
+        build_diffusion_branch(
+            pretrained=False, tokenizer=tokenizer_dir, query_dim=WIDTH, proj_hidden_dim=64, resolution=16,
+            unet=UNET, vae={**VAE, "latent_channels": 8}, text_encoder=TEXT, vae_from=str(ckpt),
+        )  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="demo_diffusion_vae"):
+        build_diffusion_branch(
+            pretrained=False, tokenizer=tokenizer_dir, query_dim=WIDTH, proj_hidden_dim=64, resolution=16,
+            unet=UNET, vae=VAE, text_encoder=TEXT, vae_from=str(tmp_path / "missing.ckpt"),
+        )  # fmt: skip

@@ -23,10 +23,15 @@ def param_groups(
     fast_modules: Sequence[str] = (),
     lr_multiplier: float = 1.0,
     frozen_ok: bool = True,
+    no_decay_below_2d: bool = False,
 ) -> list[dict]:
     """AdamW groups as in FashionViL: the base group (BERT) at ``lr`` without decay on biases and
     LayerNorms; parameters under ``fast_modules`` (CNN, projection, heads) at ``lr * lr_multiplier``
     with decay on everything. Frozen parameters are left out (no optimizer state).
+
+    ``no_decay_below_2d``: BLIP-2 / LAVIS's rule instead (UniFashion): no decay on every parameter
+    with fewer than 2 dimensions (biases, all norms whatever their names: ``layernorm``,
+    ``ln_vision``; the ITC temperature), in the fast group too (``fast_no_decay``).
 
     Raises if a name in ``fast_modules`` matches no parameter, so a renamed module cannot silently
     fall back to the slow learning rate.
@@ -35,11 +40,12 @@ def param_groups(
     for prefix in fast_modules:
         if not any(_under(n, [prefix]) for n, _ in module.named_parameters()):
             raise ValueError(f"lit.fast_modules: '{prefix}' matches no parameter of {type(module).__name__}")
-    base_decay, base_no_decay, fast = [], [], []
+    base_decay, base_no_decay, fast, fast_no_decay = [], [], [], []
     for name, p in named:
+        low_dim = no_decay_below_2d and p.ndim < 2
         if _under(name, fast_modules):
-            fast.append(p)
-        elif name.endswith(NO_DECAY_SUFFIXES):
+            (fast_no_decay if low_dim else fast).append(p)
+        elif low_dim or (not no_decay_below_2d and name.endswith(NO_DECAY_SUFFIXES)):
             base_no_decay.append(p)
         else:
             base_decay.append(p)
@@ -47,6 +53,7 @@ def param_groups(
         {"name": "base", "params": base_decay, "lr": lr, "weight_decay": weight_decay},
         {"name": "base_no_decay", "params": base_no_decay, "lr": lr, "weight_decay": 0.0},
         {"name": "fast", "params": fast, "lr": lr * lr_multiplier, "weight_decay": weight_decay},
+        {"name": "fast_no_decay", "params": fast_no_decay, "lr": lr * lr_multiplier, "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
 

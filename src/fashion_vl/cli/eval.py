@@ -73,7 +73,10 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         if cfg.get("viz") and split != "val":
             from fashion_vl.viz.examples import save_examples
 
-            grid = save_examples(lit, datamodule, Path(cfg.paths.output_dir) / "retrieval_examples.png")
+            name = (
+                "generated_examples.png" if getattr(lit, "test_examples", None) else "retrieval_examples.png"
+            )
+            grid = save_examples(lit, datamodule, Path(cfg.paths.output_dir) / name)
             if grid is None:
                 log.warning("viz: this task has no result grid")
             else:

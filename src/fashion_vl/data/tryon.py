@@ -30,6 +30,7 @@ with a logged warning and the path in ``bad_images``, at most ``max_consecutive_
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Mapping, Sequence
@@ -41,7 +42,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
 
+from fashion_vl.data.collate import TextTokenizer
 from fashion_vl.data.datamodules import FashionDataModule
 from fashion_vl.data.datasets import ImageReader, as_key
 from fashion_vl.data.formats._tryon import TryOnRecord, check_mode
@@ -176,8 +179,9 @@ class TryOnDataset(Dataset):
         }
 
 
-def collate_tryon(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Stack the tensors (``[B,C,H,W]``); strings become lists; ``bad_images`` is concatenated."""
+def collate_tryon(samples: Sequence[Mapping[str, Any]], text: TextTokenizer | None = None) -> dict[str, Any]:
+    """Stack the tensors (``[B,C,H,W]``); strings become lists; ``bad_images`` is concatenated. With
+    ``text``, the captions are also tokenised (``input_ids``, ``attention_mask``)."""
     batch: dict[str, Any] = {}
     for k, v in samples[0].items():
         if torch.is_tensor(v):
@@ -186,6 +190,8 @@ def collate_tryon(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             batch[k] = [path for s in samples for path in s[k]]
         else:
             batch[k] = [s[k] for s in samples]
+    if text is not None:
+        batch.update(text(batch["caption"]))
     return batch
 
 
@@ -203,8 +209,10 @@ class TryOnDataModule(FashionDataModule):
         format_options: keyword arguments of the reader (``sketch_dir``, ``unpaired_sketch_dir``,
             ``captions``; Dress Code also ``categories``).
         max_items: keep the first N records of each split (smoke runs).
-        Others as :class:`~fashion_vl.data.datamodules.FashionDataModule` (no tokenizer: captions stay
-        raw strings for the model's own text encoder).
+        Others as :class:`~fashion_vl.data.datamodules.FashionDataModule`. ``tokenizer: none`` (the
+        default) leaves the captions as raw strings for the diffusion branch's own text encoder; a
+        tokenizer (the Q-Former's) also gives ``input_ids`` / ``attention_mask`` of the captions for
+        the sketch-and-caption query encoder.
     """
 
     def __init__(
@@ -238,8 +246,8 @@ class TryOnDataModule(FashionDataModule):
         self.test_set: TryOnDataset | None = None
 
     @property
-    def tokenizer(self) -> None:  # captions are returned as text
-        return None
+    def tokenizer(self) -> PreTrainedTokenizerBase | None:
+        return None if self.tokenizer_name in (None, "none") else super().tokenizer
 
     def records(self, split: str, mode: str) -> list[TryOnRecord]:
         records = TRYON_READERS[self.dataset](self.data_dir, split, mode, **self.format_options)
@@ -256,7 +264,8 @@ class TryOnDataModule(FashionDataModule):
     def _loader(self, dataset: TryOnDataset | None, train: bool) -> StatefulDataLoader:
         if dataset is None:
             raise RuntimeError("call setup() for this stage first")
-        return self.make_loader(dataset, collate_tryon, train=train)
+        text = None if self.tokenizer is None else self.text
+        return self.make_loader(dataset, functools.partial(collate_tryon, text=text), train=train)
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, True)

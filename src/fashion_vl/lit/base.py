@@ -22,7 +22,12 @@ class FashionLitModule(LightningModule):
         scheduler: partial scheduler called with the optimizer, stepped every optimisation step.
         lr_multiplier: learning-rate factor for ``fast_modules`` (FashionViL: 20).
         fast_modules: parameter-name prefixes trained at ``lr * lr_multiplier``.
+
+    ``no_decay_below_2d`` (class attribute): which weight-decay exemptions the task follows, see
+    :func:`~fashion_vl.optim.param_groups` (FashionViL's by name; UniFashion's modules set LAVIS's).
     """
+
+    no_decay_below_2d: bool = False
 
     def __init__(
         self,
@@ -49,6 +54,7 @@ class FashionLitModule(LightningModule):
             weight_decay=defaults.get("weight_decay", 0.0),
             fast_modules=self.fast_modules,
             lr_multiplier=self.lr_multiplier,
+            no_decay_below_2d=self.no_decay_below_2d,
         )
         optimizer = self.optimizer_factory(
             params=groups, **multi_tensor_kwargs(self.optimizer_factory, self._parameter_device())

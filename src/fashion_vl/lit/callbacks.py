@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 from lightning import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from fashion_vl.utils.speed import compile_units
 
@@ -178,3 +180,89 @@ class LastCheckpoint(ModelCheckpoint):
         last = Path(self.dirpath or ".") / f"{self.CHECKPOINT_NAME_LAST}{self.FILE_EXTENSION}"
         if trainer.global_step != self._last_global_step_saved or not last.exists():
             trainer.save_checkpoint(str(last))
+
+
+class EMA(WeightAveraging):
+    """Exponential moving average of the weights: Lightning's ``WeightAveraging`` with torch's
+    ``get_ema_multi_avg_fn(decay)`` (one foreach ``lerp`` per device and dtype), updated after every
+    ``update_every_n_steps``-th optimizer step from ``update_starting_at_step`` (zero-based) on.
+
+    What ``WeightAveraging`` does (Lightning 2.6): at ``setup("fit")`` it deep-copies the whole
+    LightningModule into an ``AveragedModel`` (frozen parts too: the VAE and text encoder of a
+    diffusion run, a frozen LLM; ``device="cpu"`` keeps the copy off the GPU); the first update
+    copies the weights, later ones average. The averaged weights are swapped in for validation and
+    copied into the module when fit ends. Checkpoints written during fit hold the averaged weights
+    in ``state_dict`` (what ``fvl-eval`` and ``load_state_dict`` read) and the raw ones in
+    ``current_model_state``; resuming restores both.
+
+    Why a subclass and not ``WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(decay))`` from the
+    config alone: with ``use_buffers`` torch's EMA also "averages" integer buffers (position ids of
+    the text encoders) in float and truncates them (``11*0.9999 + 11*0.0001`` -> 10); here integer
+    buffers follow the model instead. ``should_update`` gives the start step and interval. And a
+    checkpoint written after fit ends (``LastCheckpoint``'s final ``last.ckpt``) keeps the raw weights
+    in ``current_model_state``: ``WeightAveraging`` has overwritten them with the average by then, so
+    extending a finished run (``ckpt_path=last``, more steps) would silently continue from the EMA.
+    Loading a checkpoint to validate/test after a fit (``train`` with ``test=true``) keeps its averaged
+    weights, as ``fvl-eval`` does (``WeightAveraging`` would load the raw ones there).
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.9999,
+        update_every_n_steps: int = 1,
+        update_starting_at_step: int = 0,
+        device: torch.device | str | int | None = None,
+        use_buffers: bool = True,
+    ) -> None:
+        if update_every_n_steps < 1:
+            raise ValueError(f"update_every_n_steps must be >= 1, not {update_every_n_steps}")
+        super().__init__(device=device, use_buffers=use_buffers, multi_avg_fn=_ema_multi_avg_fn(decay))
+        self.decay = decay
+        self.update_every_n_steps = update_every_n_steps
+        self.update_starting_at_step = update_starting_at_step
+        self._raw_at_end: dict[str, torch.Tensor] | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._raw_at_end = None
+        super().setup(trainer, pl_module, stage)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._raw_at_end = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        super().on_train_end(trainer, pl_module)  # the module now holds the average
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._raw_at_end is not None and "current_model_state" in checkpoint:
+            checkpoint["current_model_state"] = self._raw_at_end
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Only resuming a fit restores the raw weights. WeightAveraging would do it for any load after a
+        # fit, so `train` with test=true would test the best checkpoint's raw weights where fvl-eval
+        # tests its averaged ones (state_dict, already in the module).
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        if step_idx is None:  # per step only, never again at the epoch end
+            return False
+        since = step_idx - self.update_starting_at_step
+        return since >= 0 and since % self.update_every_n_steps == 0
+
+
+def _ema_multi_avg_fn(decay: float):
+    ema = get_ema_multi_avg_fn(decay)
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        # AveragedModel groups the tensors by device and dtype: each call sees one dtype
+        if torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0]):
+            ema(averaged, current, num_averaged)
+        else:
+            torch._foreach_copy_(averaged, current)
+
+    return update

@@ -9,11 +9,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from fashion_vl.data.garment_labels import asked_from_texts
+from fashion_vl.data.transforms import CLIP_MEAN, CLIP_STD
 from fashion_vl.lit.retrieval import GalleryRetrievalModule
 from fashion_vl.losses._dist import rank
 from fashion_vl.metrics.captioning import CaptionScores
+from fashion_vl.metrics.generation import AttributeAccuracy
+from fashion_vl.models.attribute_judge import load_attribute_judge
 from fashion_vl.models.unifashion import UniFashion
 from fashion_vl.models.unifashion.model import DEFAULT_CAPTION_PROMPT
+
+# Test-time generation by the diffusion branch (when the run trains one): image+text-guided, from the
+# query outputs of a product's first image and its text, as the branch trains.
+DEFAULT_GENERATION_EVAL: dict[str, Any] = {
+    "max_images": 0,  # per rank and test run; 0 turns it off
+    "num_steps": 50,
+    "guidance_scale": 7.5,
+    "judge": None,  # an attribute-judge checkpoint (experiment=demo_attribute_judge): attribute accuracy
+    "num_examples": 8,  # pictures kept for the result grid (fvl-eval +viz=true)
+}
 
 DEFAULT_CAPTION_EVAL = {
     "max_images": 256,  # per rank and evaluation; 0 turns captioning off
@@ -21,6 +35,18 @@ DEFAULT_CAPTION_EVAL = {
     "max_new_tokens": 30,
     "num_beams": 1,
 }
+
+
+def first_images(batch: dict, limit: int, purpose: str) -> tuple[torch.Tensor, list[str]]:
+    """Indices of the first image of each product in a gallery batch (at most ``limit``) and those
+    products' raw texts; ``purpose`` names the evaluation in the error when the texts are missing."""
+    if "text" not in batch:
+        raise KeyError(f"{purpose} evaluation needs the raw texts: set data.return_text=true")
+    rows = batch["image_text_index"]
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    chosen = first.nonzero().squeeze(1)[:limit]
+    return chosen, [batch["text"][int(i)] for i in rows[chosen]]
 
 
 class OneCycleFromRun:
@@ -90,9 +116,17 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
         seed: seeds per-step random choices (sampled negatives, instructions).
         caption_eval: captioning during evaluation: ``max_images`` (per rank), ``prompt``,
             ``max_new_tokens``, ``num_beams`` and any other ``generate`` argument.
+        generation_eval: test-time generation by the diffusion objective's branch, see
+            ``DEFAULT_GENERATION_EVAL``: the first image of each of the first ``max_images`` products
+            is redrawn from its query outputs and the product text (DDIM, guidance, a generator seeded
+            by seed, batch and rank); with a ``judge`` checkpoint, ``test/generation/{colour,category,
+            pattern}_acc`` is the share of pictures the judge finds to have what the text asks for
+            (``asked_from_texts``), and ``test/generation/acc`` their mean.
         optimizer, scheduler, lr_multiplier, fast_modules, ks, protocols: see
             :class:`~fashion_vl.lit.retrieval.GalleryRetrievalModule`.
     """
+
+    no_decay_below_2d = True  # LAVIS's weight-decay exemptions (optim.param_groups)
 
     def __init__(
         self,
@@ -103,6 +137,7 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
         scheduler: Any = None,
         seed: int = 0,
         caption_eval: Mapping[str, Any] | None = None,
+        generation_eval: Mapping[str, Any] | None = None,
         lr_multiplier: float = 1.0,
         fast_modules: Sequence[str] = (),
         ks: Sequence[int] = (1, 5, 10),
@@ -125,6 +160,21 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
         self.caption_eval = {**DEFAULT_CAPTION_EVAL, **(caption_eval or {})}
         self.val_captions = CaptionScores()
         self.test_captions = CaptionScores()
+        unknown = sorted(set(generation_eval or {}) - set(DEFAULT_GENERATION_EVAL))
+        if unknown:
+            raise KeyError(
+                f"lit.generation_eval: unknown keys {unknown} (known: {sorted(DEFAULT_GENERATION_EVAL)})"
+            )
+        self.generation_eval = {**DEFAULT_GENERATION_EVAL, **(generation_eval or {})}
+        if int(self.generation_eval["max_images"]) > 0 and "diffusion" not in self.objectives:
+            raise ValueError(
+                "lit.generation_eval.max_images > 0 needs the diffusion objective (loss weight > 0)"
+            )
+        self.generated = AttributeAccuracy()
+        self.generated_count = 0
+        self.test_examples: list[dict[str, Any]] = []
+        # A plain dict, not a submodule: the judge must not enter this module's state dict.
+        self.external_models: dict[str, nn.Module] = {}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         encoding = self.net.encode_pair(batch["image"], batch["input_ids"], batch["attention_mask"])
@@ -146,21 +196,54 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
         budget = int(self.caption_eval["max_images"]) - len(captions)
         if self.net.llm is None or queries is None or budget <= 0:
             return
-        if "text" not in batch:
-            raise KeyError("captioning evaluation needs the raw texts: set data.return_text=true")
-        rows = batch["image_text_index"]
-        first = torch.ones_like(rows, dtype=torch.bool)
-        first[1:] = rows[1:] != rows[:-1]  # the first image of each product
-        chosen = first.nonzero().squeeze(1)[:budget]
+        chosen, texts = first_images(batch, budget, "captioning")
         options = {k: v for k, v in self.caption_eval.items() if k not in ("max_images", "prompt")}
         hypotheses = self.net.generate_from_queries(queries[chosen], self.caption_eval["prompt"], **options)
-        captions.update(hypotheses, [batch["text"][int(i)] for i in rows[chosen]])
+        captions.update(hypotheses, texts)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_recall, self.val_captions)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.test_recall, self.test_captions)
+        budget = int(self.generation_eval["max_images"]) - self.generated_count
+        if budget > 0 and batch["image"].numel():
+            self._generate(batch, batch_idx, budget)
+
+    # ----------------------------------------------------------------------------------- generation
+    def _judge(self) -> nn.Module | None:
+        path = self.generation_eval["judge"]
+        if path is None:
+            return None
+        if "judge" not in self.external_models:
+            self.external_models["judge"] = load_attribute_judge(path).to(self.device)
+        return self.external_models["judge"]
+
+    def _generate(self, batch: dict, batch_idx: int, budget: int) -> None:
+        chosen, prompts = first_images(batch, budget, "generation")
+        images = batch["image"][chosen]
+        queries = self.net.qformer.query_states(self.net.image_tokens(images))
+        generator = torch.Generator(self.device).manual_seed(
+            (self.seed * 1_000_003 + batch_idx) * 1009 + rank()
+        )
+        branch = self.objectives["diffusion"].branch
+        drawn = branch.sample(
+            queries, prompts, num_steps=int(self.generation_eval["num_steps"]),
+            guidance_scale=float(self.generation_eval["guidance_scale"]), generator=generator,
+        )  # fmt: skip  # [B, 3, R, R] in [0, 1]
+        judge = self._judge()
+        if judge is not None:
+            asked = asked_from_texts(prompts)
+            self.generated.update(judge(judge.preprocess(drawn, (0.0, 1.0))), asked)
+        self.generated_count += len(prompts)
+        mean = torch.tensor(CLIP_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD, device=images.device).view(1, 3, 1, 1)
+        inputs = (images.float() * std + mean).clamp(0, 1)
+        room = int(self.generation_eval["num_examples"]) - len(self.test_examples)
+        for i in range(min(room, len(prompts))):
+            self.test_examples.append(
+                {"input": inputs[i].cpu(), "prompt": prompts[i], "output": drawn[i].cpu()}
+            )
 
     def _log_captions(self, split: str, captions: CaptionScores) -> None:
         if self.net.llm is None or int(self.caption_eval["max_images"]) <= 0:
@@ -178,6 +261,9 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
         self.test_captions.reset()
+        self.generated.reset()
+        self.generated_count = 0
+        self.test_examples = []
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -186,3 +272,6 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
         self._log_captions("test", self.test_captions)
+        if int(self.generation_eval["max_images"]) > 0 and self.generation_eval["judge"] is not None:
+            values = self.generated.compute()  # reduced across ranks by the metric
+            self.log_dict({f"test/generation/{k}": v for k, v in values.items()}, sync_dist=False)

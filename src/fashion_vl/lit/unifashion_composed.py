@@ -93,6 +93,8 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
     of the evaluation and runs in a single process; under DDP it is skipped with a warning.
     """
 
+    no_decay_below_2d = True  # LAVIS's weight-decay exemptions (optim.param_groups)
+
     def __init__(
         self,
         net: UniFashion,

@@ -7,12 +7,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fashion_vl.data.transforms import CLIP_MEAN, CLIP_STD
 from fashion_vl.losses.objective import output
-from fashion_vl.models.unifashion.diffusion import DiffusionBranch
+from fashion_vl.models.unifashion.diffusion import DiffusionBranch, to_vae_range
 
 if TYPE_CHECKING:
     from fashion_vl.models.outputs import ImageTextEncoding
@@ -69,13 +68,8 @@ class DiffusionObjective(nn.Module):
 
     def to_vae_range(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, 3, H, W]`` normalised images -> ``[-1, 1]`` at the branch's resolution."""
-        pixels = (images.float() * self.std + self.mean).clamp(0, 1) * 2 - 1
         side = self.branch.resolution
-        if pixels.shape[-2:] != (side, side):
-            pixels = F.interpolate(
-                pixels, size=(side, side), mode="bilinear", antialias=True, align_corners=False
-            )
-        return pixels
+        return to_vae_range(images, self.mean, self.std, (side, side))
 
     def forward(
         self, net: UniFashion, enc: ImageTextEncoding, batch: dict, generator: torch.Generator

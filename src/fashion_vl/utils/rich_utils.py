@@ -10,9 +10,12 @@ import rich.syntax
 import rich.tree
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 CONFIG_ORDER = ("data", "model", "lit", "callbacks", "logger", "trainer", "paths")
+# results-table columns holding names rather than numbers: left-aligned
+TEXT_COLUMNS = ("model", "task", "protocol", "run", "metric", "checkpoint", "split")
 
 
 def config_tree(cfg: DictConfig, resolve: bool = True) -> rich.tree.Tree:
@@ -43,9 +46,7 @@ def results_table(
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))
     table = Table(title=title)
     for c in columns:
-        table.add_column(
-            c, justify="left" if c in ("model", "task", "protocol", "run", "metric") else "right"
-        )
+        table.add_column(c, justify="left" if c in TEXT_COLUMNS else "right")
     for r in rows:
         table.add_row(
             *(
@@ -56,9 +57,14 @@ def results_table(
     return table
 
 
-def print_table(table: Table) -> None:
-    """Print without wrapping cells, also when stdout is a log file (rich assumes 80 columns there)."""
+def print_table(table: Table, fit: bool = False) -> None:
+    """Print without wrapping cells, also when stdout is a log file (rich assumes 80 columns there).
+    ``fit``: widen the console to the table's natural width, so that a table wider than the terminal
+    keeps one line per row (the terminal wraps the lines) instead of squeezing its columns."""
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
+    if fit:
+        natural = Measurement.get(console, console.options.update_width(100_000), table).maximum
+        console = Console(width=max(console.width, natural))
     console.print(table)

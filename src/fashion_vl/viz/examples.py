@@ -1,7 +1,9 @@
 """Building result grids from a finished evaluation: the test metric's embeddings and the test dataset.
 
 Supported: cross-modal retrieval (text queries against the image gallery) and composed retrieval
-(reference image + text against the target gallery). Images are read back from the dataset's files.
+(reference image + text against the target gallery), whose images are read back from the dataset's
+files, and try-on editing (condition, sketch, mask, output and the person), from the pictures the
+module kept while testing.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from fashion_vl.data.datasets import ProductGalleryDataset
 from fashion_vl.data.images import resolve_image
 from fashion_vl.metrics.composed import ComposedGalleryRecall
 from fashion_vl.metrics.gallery import CrossModalGalleryRecall, unique_rows
-from fashion_vl.viz.grid import Row, draw_grid
+from fashion_vl.viz.grid import Row, draw_grid, draw_labelled_grid
+
+TRYON_COLUMNS = ("agnostic", "sketch", "mask", "output", "person", "caption")
+GENERATION_COLUMNS = ("input image", "prompt", "output")
 
 
 def _open(image_dir: Path, name: str) -> Image.Image:
@@ -90,9 +95,45 @@ def composed_rows(
     return rows
 
 
+def to_picture(image: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Image.Image:
+    """``[C, H, W]`` float tensor in ``value_range`` (1 or 3 channels) -> RGB picture."""
+    low, high = value_range
+    unit = ((image.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+    if unit.shape[0] == 1:
+        unit = unit.expand(3, -1, -1)
+    return Image.fromarray((unit * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+def tryon_rows(examples: list[dict]) -> list[list[Image.Image | str]]:
+    """One row per kept try-on sample: agnostic person, sketch, mask (white = painted), output,
+    the dataset's person picture and the caption."""
+    return [
+        [
+            to_picture(e["agnostic"]),
+            to_picture(1 - e["sketch"], (0.0, 1.0)),  # dark lines on white
+            to_picture(e["mask"], (0.0, 1.0)),
+            to_picture(e["output"]),
+            to_picture(e["person"]),
+            e["caption"] or "(no caption)",
+        ]
+        for e in examples
+    ]
+
+
 def save_examples(lit: torch.nn.Module, datamodule: object, path: Path, n: int = 8) -> Path | None:
     """Write the grid for a module evaluated by ``trainer.test``; ``None`` if its task has no grid."""
     metric = getattr(lit, "test_recall", None)
+    examples = getattr(lit, "test_examples", None)
+    if examples:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if "agnostic" in examples[0]:
+            grid = draw_labelled_grid(TRYON_COLUMNS, tryon_rows(examples[:n]), "try-on: condition -> output")
+        else:
+            rows = [[to_picture(e["input"], (0.0, 1.0)), e["prompt"], to_picture(e["output"], (0.0, 1.0))]
+                    for e in examples[:n]]  # fmt: skip
+            grid = draw_labelled_grid(GENERATION_COLUMNS, rows, "image + text -> generated")
+        grid.save(path)
+        return path
     if isinstance(metric, CrossModalGalleryRecall):
         rows, title = (
             cross_modal_rows(metric, datamodule.test_set, n),

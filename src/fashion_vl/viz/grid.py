@@ -66,3 +66,29 @@ def draw_grid(rows: Sequence[Row], title: str = "") -> Image.Image:
             )
             x += TILE + PAD
     return canvas
+
+
+def draw_labelled_grid(
+    columns: Sequence[str], rows: Sequence[Sequence[Image.Image | str]], title: str = ""
+) -> Image.Image:
+    """A table of pictures: a header line naming each column, then one row per item; a cell is an
+    image or a text (drawn as a text tile). For generation results: condition, sketch, mask, output."""
+    header = 20 if title else 0
+    label = 16
+    width = PAD + len(columns) * (TILE + PAD)
+    height = header + label + PAD + len(rows) * (TILE + PAD)
+    canvas = Image.new("RGB", (width, height), (245, 245, 245))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    if title:
+        draw.text((PAD, 4), title, fill=(0, 0, 0), font=font)
+    for c, name in enumerate(columns):
+        draw.text((PAD + c * (TILE + PAD), header + 2), name, fill=(60, 60, 60), font=font)
+    for r, row in enumerate(rows):
+        if len(row) != len(columns):
+            raise ValueError(f"row {r} has {len(row)} cells for {len(columns)} columns")
+        y = header + label + PAD + r * (TILE + PAD)
+        for c, cell in enumerate(row):
+            tile = _text_tile(cell, TILE) if isinstance(cell, str) else _fit(cell)
+            canvas.paste(tile, (PAD + c * (TILE + PAD), y))
+    return canvas

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,6 +161,22 @@ class QueryConditionedTextEncoder(nn.Module):
             index = torch.where(index >= self.context_position, index + context.shape[1], index)
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
         return hidden, pooled
+
+
+def to_vae_range(
+    images: torch.Tensor,
+    mean: torch.Tensor | Sequence[float],
+    std: torch.Tensor | Sequence[float],
+    size: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Images normalised with ``mean`` / ``std`` (``[B, 3, H, W]``) -> the VAE's ``[-1, 1]``, resized
+    (bilinear, antialiased) to ``size`` when given. ``mean = std = 0.5`` leaves ``[-1, 1]`` data as is."""
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+    pixels = (images.float() * std + mean).clamp(0, 1) * 2 - 1
+    if size is not None and tuple(pixels.shape[-2:]) != tuple(size):
+        pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return pixels
 
 
 def widen_unet_input(unet: UNet2DConditionModel, extra_channels: int) -> UNet2DConditionModel:
@@ -452,6 +469,29 @@ def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return eos
 
 
+def load_fitted_vae(vae: AutoencoderKL, path: str, key: str = "vae_from") -> AutoencoderKL:
+    """Load the ``net.*`` weights of an ``AutoencoderKLModule`` checkpoint into ``vae`` (strict), and
+    set its ``scaling_factor`` to 1 / the fitted latents' standard deviation (the checkpoint's
+    ``latent_std``), so that scaled latents have unit variance as the noise schedule assumes."""
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{key}: no checkpoint at {file} (fit one: fvl-train experiment=demo_diffusion_vae)"
+        )
+    state = torch.load(file, map_location="cpu", weights_only=True).get("state_dict", {})
+    weights = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    if not weights:
+        raise ValueError(f"{key}: {file} holds no net.* weights (not an AutoencoderKLModule checkpoint?)")
+    try:
+        vae.load_state_dict(weights)
+    except RuntimeError as err:  # missing/unexpected keys or shapes: torch lists them
+        raise ValueError(f"{key}: {file} does not fit the VAE architecture: {err}") from None
+    latent_std = float(state.get("latent_std", 0.0))
+    if latent_std > 0:
+        vae.register_to_config(scaling_factor=1.0 / latent_std)
+    return vae
+
+
 def build_diffusion_branch(
     name: str = SD15,
     pretrained: bool = True,
@@ -469,6 +509,7 @@ def build_diffusion_branch(
     unet: Mapping[str, Any] | None = None,
     vae: Mapping[str, Any] | None = None,
     text_encoder: Mapping[str, Any] | None = None,
+    vae_from: str | None = None,
 ) -> DiffusionBranch:
     """The branch from a Stable Diffusion folder or hub id (``pretrained``: its ``unet``, ``vae``,
     ``text_encoder`` and ``tokenizer`` subfolders, offline-safe), or randomly initialised from the
@@ -484,6 +525,9 @@ def build_diffusion_branch(
         unet, vae, text_encoder: ``UNet2DConditionModel``, ``AutoencoderKL`` and ``CLIPTextConfig``
             arguments when not ``pretrained``.
         gradient_checkpointing: recompute the UNet's activations in the backward pass.
+        vae_from: a checkpoint of :class:`~fashion_vl.lit.autoencoder_kl.AutoencoderKLModule` (a VAE
+            fitted by ``experiment=demo_diffusion_vae``) whose weights replace the VAE's, loaded
+            strictly (the architecture must match).
         others: see :class:`DiffusionBranch` and :class:`QueryConditionedTextEncoder`.
     """
     key = "lit.objectives.diffusion.branch.name"
@@ -499,6 +543,8 @@ def build_diffusion_branch(
         unet_model = UNet2DConditionModel(**dict(unet or {}))
         vae_model = AutoencoderKL(**dict(vae or {}))
         clip = CLIPTextModel(CLIPTextConfig(**dict(text_encoder or {})))
+    if vae_from is not None:
+        load_fitted_vae(vae_model, vae_from)
     if tokenizer is not None:
         tok_loader = functools.partial(load_tokenizer, tokenizer)
     elif pretrained:

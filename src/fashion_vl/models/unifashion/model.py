@@ -32,6 +32,10 @@ class UniFashion(nn.Module):
         llm: the LLM branch (:class:`LanguageModel`), or ``None`` for a retrieval-only model.
         gradient_checkpointing: recompute the Q-Former's layers in the backward pass (the LLM has its
             own switch, ``model.llm.gradient_checkpointing``).
+        freeze_qformer: freeze the Q-Former and its heads (no gradients, no optimizer state, eval
+            mode) except ``llm_proj``, e.g. to train only the LLM branch's projection and adapters on a
+            trained Q-Former (the reference freezes its Q-Former under the diffusion loss unless
+            ``qformer_train``).
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class UniFashion(nn.Module):
         qformer: QFormer,
         llm: LanguageModel | None = None,
         gradient_checkpointing: bool = False,
+        freeze_qformer: bool = False,
     ) -> None:
         super().__init__()
         if image_encoder.num_features != qformer.vision_width:
@@ -59,6 +64,20 @@ class UniFashion(nn.Module):
         self.llm = llm
         if gradient_checkpointing:
             self.set_grad_checkpointing(True)
+        self.freeze_qformer = freeze_qformer
+        if freeze_qformer:
+            self.qformer.requires_grad_(False)
+            if self.qformer.llm_proj is not None:  # the bridge into the LLM keeps training
+                self.qformer.llm_proj.requires_grad_(True)
+            self.qformer.train(False)
+
+    def train(self, mode: bool = True) -> UniFashion:
+        super().train(mode)
+        if self.freeze_qformer:
+            self.qformer.train(False)
+            if self.qformer.llm_proj is not None:
+                self.qformer.llm_proj.train(mode)
+        return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if enable:

@@ -20,6 +20,9 @@ zero-initialised outputs from diffusers' ``ControlNetModel.from_unet``. Written 
 - :meth:`TryOnEditor.sample`: the DDIM loop with guidance over both conditions, and the optional
   paste-back of the unmasked region. diffusers has no pipeline combining a 13-channel UNet and a
   ControlNet.
+- :class:`SketchTextEncoder`: the UniFashion encoder reading the sketch and the caption together (the
+  paper's figure; the reference code does not show how its encoder output enters the StableVITON
+  fork). Its query outputs go through the branch's ProjLayer into the CLIP context, as in generation.
 """
 
 from __future__ import annotations
@@ -33,12 +36,93 @@ from diffusers import ControlNetModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from fashion_vl.data.transforms import CLIP_MEAN, CLIP_STD
 from fashion_vl.models.unifashion.diffusion import DiffusionBranch, widen_unet_input
+from fashion_vl.models.unifashion.model import UniFashion
 
 # The reference's UNet input: noisy latent + agnostic latent + agnostic mask + dense-pose latent.
 TRYON_IN_CHANNELS = 13
 # ControlNet's hint encoder widths for SD (8x down to the latent); shortened for a smaller VAE factor.
 CONTROLNET_EMBEDDING_CHANNELS = (16, 32, 96, 256)
+
+
+class SketchTextEncoder(nn.Module):
+    """UniFashion's encoder reading the garment sketch and its caption together: the Q-Former's
+    learned queries and the caption tokens run jointly over the ViT tokens of the sketch (the fused
+    pass of ITM and the composed query), and the query positions' outputs ``[B, Q, H]`` are the
+    conditioning the diffusion branch's ProjLayer splices into the CLIP context.
+
+    Hand-written because no library has it and the reference leaves it out: its StableVITON fork does
+    not show how the encoder output enters, and the paper's figure has the encoder read sketch + text.
+
+    The sketch (``[B, 1, H, W]`` in ``[0, 1]``, 1 = line, MGD's convention) is drawn as dark lines on
+    white, as a line drawing looks to an image model, padded to a square with white (no distortion of
+    a 512x384 picture), resized to the ViT's input side and normalised with ``mean`` / ``std`` (CLIP's,
+    the ViT's own).
+
+    Args:
+        unifashion: the phase-1 network (its ViT and Q-Former; the LLM is not used).
+        trainable: train the Q-Former with the editor (default: frozen, in eval mode, out of the
+            optimizer, as the reference freezes the Q-Former under its diffusion loss).
+        image_size: the ViT's input side (default: read from the ViT's patch embedding).
+        mean, std: the ViT's input normalisation.
+    """
+
+    def __init__(
+        self,
+        unifashion: UniFashion,
+        trainable: bool = False,
+        image_size: int | None = None,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        super().__init__()
+        self.unifashion = unifashion
+        self.trainable = trainable
+        if image_size is None:
+            size = getattr(getattr(unifashion.image_encoder.trunk, "patch_embed", None), "img_size", None)
+            if size is None:
+                raise ValueError("cannot read the ViT's input size: set image_size")
+            image_size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        if not trainable:
+            self.requires_grad_(False)
+            super().train(False)
+
+    def train(self, mode: bool = True) -> SketchTextEncoder:
+        return super().train(mode and self.trainable)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.unifashion.qformer.hidden_size
+
+    def pixels(self, sketch: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, H, W]`` sketch -> ``[B, 3, S, S]`` normalised ViT input."""
+        drawing = (1.0 - sketch.float().clamp(0, 1)).expand(-1, 3, -1, -1)
+        h, w = drawing.shape[-2:]
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        drawing = F.pad(drawing, (left, side - w - left, top, side - h - top), value=1.0)
+        drawing = F.interpolate(
+            drawing,
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )
+        return (drawing - self.mean) / self.std
+
+    def forward(
+        self, sketch: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Query outputs ``[B, Q, H]`` of the sketch and caption."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.trainable):
+            net = self.unifashion
+            tokens = net.image_tokens(self.pixels(sketch))
+            fused = net.qformer.fused_states(tokens, input_ids, attention_mask)
+            return fused[:, : net.qformer.num_query_tokens]
 
 
 class TryOnEditor(nn.Module):
@@ -52,7 +136,9 @@ class TryOnEditor(nn.Module):
     block; its zero convolutions make those residuals exactly zero at initialisation.
 
     Context: the branch's ``encode_condition`` of the Q-Former's query outputs and the captions, or,
-    without queries, the captions alone through the CLIP text encoder (full text length). Drop-out
+    without queries, the captions alone through the CLIP text encoder (full text length). The query
+    outputs are given by the caller or, with a ``query_encoder``, computed from the batch's sketch and
+    tokenised caption (``input_ids`` / ``attention_mask``: the DataModule's ``tokenizer``). Drop-out
     replaces the context by the branch's negative-prompt context *and* the sketch by zeros, with one
     draw per sample, so the unconditional model that guidance needs is ``eps(z_t | agnostic, mask,
     pose)``: the person-side inputs are never dropped (as in the inpainting recipe and StableVITON).
@@ -68,6 +154,8 @@ class TryOnEditor(nn.Module):
             reference's ``u_cond_percent``).
         sketch_channels: channels of the sketch (1, the data's) for the ControlNet's hint encoder.
         controlnet: an existing ControlNet (e.g. loaded weights) instead of one built from the UNet.
+        query_encoder: the :class:`SketchTextEncoder` whose query outputs condition the branch (its
+            Q-Former width must be the ProjLayer's input); ``None``: captions alone.
     """
 
     def __init__(
@@ -76,6 +164,7 @@ class TryOnEditor(nn.Module):
         condition_drop: float = 0.2,
         sketch_channels: int = 1,
         controlnet: ControlNetModel | None = None,
+        query_encoder: SketchTextEncoder | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= condition_drop < 1.0:
@@ -106,8 +195,19 @@ class TryOnEditor(nn.Module):
             )
         self.controlnet = controlnet
         self.condition_drop = condition_drop
+        if query_encoder is not None and query_encoder.hidden_size != branch.proj.dense1.in_features:
+            raise ValueError(
+                f"the query encoder gives {query_encoder.hidden_size}-d query outputs but the ProjLayer "
+                f"reads {branch.proj.dense1.in_features}-d ones: set the branch's query_dim"
+            )
+        self.query_encoder = query_encoder
 
     # ------------------------------------------------------------------------------------ pieces
+    @property
+    def vocab_size(self) -> int | None:
+        """The query encoder's vocabulary (what the caption tokenizer must fit; ``None`` without one)."""
+        return None if self.query_encoder is None else self.query_encoder.unifashion.vocab_size
+
     @property
     def image_downsampling(self) -> int:
         return self.branch.vae_scale_factor * 2 ** (len(self.branch.unet.config.block_out_channels) - 1)
@@ -137,6 +237,17 @@ class TryOnEditor(nn.Module):
             batch["agnostic_mask"].to(agnostic.dtype), size=agnostic.shape[-2:], mode="nearest"
         )
         return torch.cat([agnostic, mask, pose], dim=1)
+
+    def batch_queries(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        """The query encoder's outputs for ``batch`` (``None`` without a query encoder)."""
+        if self.query_encoder is None:
+            return None
+        if "input_ids" not in batch:
+            raise KeyError(
+                "the try-on query encoder reads tokenised captions: set the DataModule's tokenizer "
+                "(data.tokenizer) to the Q-Former's"
+            )
+        return self.query_encoder(batch["sketch"], batch["input_ids"], batch["attention_mask"])
 
     def encode_context(
         self, captions: Sequence[str], query_outputs: torch.Tensor | None = None
@@ -208,12 +319,15 @@ class TryOnEditor(nn.Module):
         condition_drop: float | None = None,
     ) -> torch.Tensor:
         """Noise-prediction MSE of the person ``batch["image"]`` (``[-1, 1]``) given the agnostic
-        image, mask, dense pose, sketch and caption (plus ``query_outputs [B, N, Hq]`` when given).
+        image, mask, dense pose, sketch and caption (plus ``query_outputs [B, N, Hq]``, given or from
+        the query encoder).
         Each sample drops context and sketch together with probability ``condition_drop``
         (default: the editor's)."""
         p = self.condition_drop if condition_drop is None else condition_drop
         images = batch["image"]
         self._check_size(images)
+        if query_outputs is None:
+            query_outputs = self.batch_queries(batch)
         branch = self.branch
         latents = branch.encode_images(images, generator)
         b, device = latents.shape[0], latents.device
@@ -261,6 +375,8 @@ class TryOnEditor(nn.Module):
             branch = self.branch
             agnostic = batch["agnostic"]
             self._check_size(agnostic)
+            if query_outputs is None:
+                query_outputs = self.batch_queries(batch)
             spatial = self.spatial_inputs(batch)
             condition = self.encode_context(batch["caption"], query_outputs)
             b, device = condition.shape[0], condition.device
