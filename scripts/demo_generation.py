@@ -50,9 +50,14 @@ QUIET = ["print_config=false", "trainer.enable_progress_bar=false"]
 GENERATED = 64  # test products redrawn and judged
 
 
-def run(tool: str, args: list[str], logs: Path) -> None:
-    """One fvl-train / fvl-eval call; its output goes to ``<logs>/<run_name>.out``."""
+def run_once(tool: str, args: list[str], logs: Path, reuse: bool = False) -> None:
+    """One fvl-train / fvl-eval call; its output goes to ``<logs>/<run_name>.out``. With ``reuse``, a
+    run whose ``metrics.json`` exists is not run again."""
     name = next(a.split("=", 1)[1] for a in args if a.startswith("run_name="))
+    task = "train" if tool == "fvl-train" else "eval"
+    if reuse and (logs / task / "runs" / name / "metrics.json").is_file():
+        print(f"{name:<28} reused", flush=True)
+        return
     out = logs / f"{name}.out"
     command = [tool, *args, f"paths.log_dir={logs}", *QUIET]
     if tool == "fvl-train":
@@ -111,6 +116,7 @@ def main() -> None:
     ap.add_argument("--tryon-steps", type=int, default=400)
     ap.add_argument("--generation-steps", type=int, default=600)
     ap.add_argument("--min-keep-psnr", type=float, default=15.0)
+    ap.add_argument("--reuse", action="store_true", help="keep the runs that already wrote metrics.json")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     data, logs = args.data.resolve(), args.logs.resolve()
@@ -127,6 +133,9 @@ def main() -> None:
     common = [f"paths.data_dir={data}", f"seed={args.seed}"]
     train_runs = logs / "train" / "runs"
 
+    def run(tool: str, run_args: list[str], logs: Path) -> None:
+        run_once(tool, run_args, logs, args.reuse)
+
     # ---- try-on editing
     run("fvl-train", ["experiment=demo_diffusion_vae", "run_name=vae_people", *common], logs)
     vae_people = f"model.branch.vae_from={train_runs / 'vae_people/checkpoints/last.ckpt'}"
@@ -141,6 +150,7 @@ def main() -> None:
     run("fvl-train", ["experiment=demo_attribute_judge", "run_name=judge", *common], logs)
     run("fvl-train", ["experiment=demo_diffusion_vae", "run_name=vae_products", "data=fashiongen_garments",
                       "image_size=32", "resize_size=32", f"lit.mean={PRODUCT_MEAN}", f"lit.std={PRODUCT_STD}",
+                      "lit.foreground_weight=10",
                       *common], logs)  # fmt: skip
     generation = [
         "experiment=demo_unifashion_phase1_diffusion", *common,

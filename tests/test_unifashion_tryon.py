@@ -443,3 +443,31 @@ def test_fitted_vae_loads_into_the_branch_and_mismatches_are_clear(tmp_path, tok
             pretrained=False, tokenizer=tokenizer_dir, query_dim=WIDTH, proj_hidden_dim=64, resolution=16,
             unet=UNET, vae=VAE, text_encoder=TEXT, vae_from=str(tmp_path / "missing.ckpt"),
         )  # fmt: skip
+
+
+def test_vae_fit_weights_foreground_pixels() -> None:
+    import functools
+
+    from diffusers import AutoencoderKL
+
+    from fashion_vl.lit.autoencoder_kl import AutoencoderKLModule
+    from tests.test_unifashion_diffusion import VAE
+
+    def module(weight: float) -> AutoencoderKLModule:
+        return AutoencoderKLModule(
+            AutoencoderKL(**VAE), functools.partial(torch.optim.AdamW, lr=1e-3), foreground_weight=weight
+        )
+
+    x = torch.ones(1, 3, 4, 4)  # white background
+    x[..., :1, :] = -1.0  # a dark garment: the top row, 4 of 16 pixels
+    miss_garment = x.clone()
+    miss_garment[..., :1, :] = 1.0  # the garment reconstructed as background
+    miss_background = x.clone()
+    miss_background[..., 1:2, :] = -1.0  # one background row drawn dark
+    plain, weighted = module(1.0), module(10.0)
+    # plain L1 cannot tell the two misses apart; the weighted loss counts the garment 10x
+    assert plain.recon_loss(miss_garment, x) == plain.recon_loss(miss_background, x)
+    assert weighted.recon_loss(miss_garment, x) == pytest.approx(10 * weighted.recon_loss(miss_background, x))
+    assert weighted.recon_loss(x, x) == 0
+    with pytest.raises(ValueError, match="foreground_weight"):
+        module(0.5)

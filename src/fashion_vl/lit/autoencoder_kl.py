@@ -22,7 +22,8 @@ from fashion_vl.models.unifashion.diffusion import to_vae_range
 class AutoencoderKLModule(FashionLitModule):
     """Train an ``AutoencoderKL`` to reconstruct ``batch[image_key]``.
 
-    Loss = L1 of the reconstruction (of a posterior sample) in ``[-1, 1]`` + ``kl_weight`` x the KL
+    Loss = L1 of the reconstruction (of a posterior sample) in ``[-1, 1]``, foreground pixels weighted
+    ``foreground_weight``, + ``kl_weight`` x the KL
     divergence to N(0, I) per latent element (SD's VAE recipe without its perceptual and GAN terms,
     which need pretrained networks). Logged: ``{split}/recon_loss``, ``{split}/kl``, ``train/loss``;
     validation also ``val/psnr`` (dB, of the posterior mean's reconstruction, higher is better).
@@ -35,6 +36,12 @@ class AutoencoderKLModule(FashionLitModule):
     Args:
         net: the ``AutoencoderKL``.
         kl_weight: weight of the KL term (1e-6, SD's).
+        foreground_weight: L1 weight of pixels that are not background, relative to background ones
+            (1: plain L1). Small garments shot on white are mostly background: with plain L1 a tiny
+            VAE learns their luminance long before their hue (measured: the attribute judge found the
+            asked colour in 14% of its reconstructions after 300 steps; 52% with weight 10).
+        background_level: a pixel is background when every channel is at or above it (in ``[-1, 1]``;
+            0.9: near white).
         image_key: batch key of the images.
         mean, std: their normalisation (0.5 / 0.5: the data is already in ``[-1, 1]``, as try-on data).
         optimizer, scheduler, lr_multiplier, fast_modules: see :class:`FashionLitModule`.
@@ -46,6 +53,8 @@ class AutoencoderKLModule(FashionLitModule):
         optimizer: Any,
         scheduler: Any = None,
         kl_weight: float = 1e-6,
+        foreground_weight: float = 1.0,
+        background_level: float = 0.9,
         image_key: str = "image",
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.5, 0.5, 0.5),
@@ -54,7 +63,11 @@ class AutoencoderKLModule(FashionLitModule):
     ) -> None:
         super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
+        if foreground_weight < 1:
+            raise ValueError(f"lit.foreground_weight must be >= 1, not {foreground_weight}")
         self.kl_weight = kl_weight
+        self.foreground_weight = foreground_weight
+        self.background_level = background_level
         self.image_key = image_key
         self.mean, self.std = tuple(mean), tuple(std)
         self.register_buffer("latent_std", torch.tensor(0.0))  # 0: no training step yet
@@ -75,7 +88,15 @@ class AutoencoderKLModule(FashionLitModule):
         z = posterior.sample() if sample else posterior.mode()
         recon = self.net.decode(z).sample
         kl = posterior.kl().mean() / z[0].numel()  # per latent element
-        return recon, F.l1_loss(recon, x), kl, z
+        return recon, self.recon_loss(recon, x), kl, z
+
+    def recon_loss(self, recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """L1, foreground pixels weighted ``foreground_weight`` (normalised by the mean weight)."""
+        if self.foreground_weight == 1:
+            return F.l1_loss(recon, x)
+        foreground = (x < self.background_level).any(dim=1, keepdim=True)
+        weight = 1 + (self.foreground_weight - 1) * foreground.to(x.dtype)
+        return (weight * (recon - x).abs()).mean() / weight.mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         _, recon_loss, kl, z = self._losses(batch, sample=True)
