@@ -377,6 +377,31 @@ class DiffusionBranch(nn.Module):
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     # --------------------------------------------------------------------------------- training
+    def noised_latents(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One DDPM training draw for ``images`` in ``[-1, 1]``: ``(latents, noise, timesteps, noisy)``
+        with the scaled VAE latents, Gaussian noise, uniform timesteps and the noised latents, drawn
+        from ``generator`` in that order (the editor's loss and :meth:`loss` share it)."""
+        latents = self.encode_images(images, generator)
+        b, device = latents.shape[0], latents.device
+        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, steps, (b,), generator=generator).to(device)
+        return latents, noise, timesteps, self.noise_scheduler.add_noise(latents, noise, timesteps)
+
+    def noise_target(
+        self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """What the UNet is trained to predict: the noise, or the velocity for a ``v_prediction``
+        schedule."""
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "v_prediction":
+            return self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        raise ValueError(f"noise_schedule.prediction_type={kind!r} is not supported (epsilon, v_prediction)")
+
     def loss(
         self,
         query_outputs: torch.Tensor,
@@ -392,28 +417,15 @@ class DiffusionBranch(nn.Module):
             raise ValueError(
                 f"images are {tuple(images.shape[-2:])}, the branch trains at {self.resolution} px"
             )
-        latents = self.encode_images(images, generator)
+        latents, noise, timesteps, noisy = self.noised_latents(images, generator)
         b, device = latents.shape[0], latents.device
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        steps = self.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (b,), generator=generator).to(device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         context = self.encode_condition(query_outputs, prompts)
         if condition_drop > 0:
             drop = (torch.rand(b, generator=generator) < condition_drop).to(device)
             uncond = self.encode_unconditional(b, context.shape[1]).to(context.dtype)
             context = torch.where(drop[:, None, None], uncond, context)
         pred = self.predict_noise(noisy, timesteps, context)
-        kind = self.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ValueError(
-                f"noise_schedule.prediction_type={kind!r} is not supported (epsilon, v_prediction)"
-            )
-        return F.mse_loss(pred.float(), target.float())
+        return F.mse_loss(pred.float(), self.noise_target(latents, noise, timesteps).float())
 
     # --------------------------------------------------------------------------------- sampling
     def ddim_scheduler(self) -> DDIMScheduler:

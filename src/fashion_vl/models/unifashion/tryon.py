@@ -329,12 +329,8 @@ class TryOnEditor(nn.Module):
         if query_outputs is None:
             query_outputs = self.batch_queries(batch)
         branch = self.branch
-        latents = branch.encode_images(images, generator)
+        latents, noise, timesteps, noisy = branch.noised_latents(images, generator)
         b, device = latents.shape[0], latents.device
-        noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        steps = branch.noise_scheduler.config.num_train_timesteps
-        timesteps = torch.randint(0, steps, (b,), generator=generator).to(device)
-        noisy = branch.noise_scheduler.add_noise(latents, noise, timesteps)
         spatial = self.spatial_inputs(batch)
         context = self.encode_context(batch["caption"], query_outputs)
         sketch = batch["sketch"].to(latents.dtype)
@@ -344,14 +340,7 @@ class TryOnEditor(nn.Module):
             context = torch.where(drop[:, None, None], uncond, context)
             sketch = torch.where(drop[:, None, None, None], torch.zeros_like(sketch), sketch)
         pred = self.predict_noise(noisy, timesteps, spatial, context, sketch)
-        kind = branch.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = branch.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ValueError(f"prediction_type={kind!r} is not supported (epsilon, v_prediction)")
-        return F.mse_loss(pred.float(), target.float())
+        return F.mse_loss(pred.float(), branch.noise_target(latents, noise, timesteps).float())
 
     # --------------------------------------------------------------------------------- sampling
     @torch.no_grad()
