@@ -13,10 +13,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 unexport PYTHONDONTWRITEBYTECODE
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile
 
-.PHONY: install demo demo-generation test test-all lint format clean help
+.PHONY: install demo demo-unifashion demo-generation test test-all lint format clean help
 
 help:
 	@echo "make demo      install, synthetic data, pre-train, fine-tune 5 tasks (random init vs pre-trained), print the table"
+	@echo "make demo-unifashion  UniFashion phase 1 -> phase 2 on CPU: captioning, FashionIQ R@10 with/without ITM re-ranking"
 	@echo "make demo-generation  UniFashion diffusion on CPU: try-on keep-region PSNR and generated attributes, trained vs untrained"
 	@echo "make test      install and run the fast test suite (what CI runs)"
 	@echo "make test-all  also the slow tests (learning, multi-process, multirun)"
@@ -51,6 +52,11 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo_report.py --data $(DATA) --pretrain logs/train/runs/demo_pretrain \
 		--pretrain-random logs/eval/runs/demo_pretrain_random --finetune logs/train/multiruns/demo_finetune \
 		--out logs/demo_results.json
+
+# UniFashion part 1: phase 1 (retrieval, captioning) then phase 2 (FashionIQ composed retrieval from the
+# phase-1 Q-Former), each evaluated before and after training (scripts/demo_unifashion.py).
+demo-unifashion: $(STAMP)
+	$(BIN)/python scripts/demo_unifashion.py --data $(DATA) --data-seed $(SEED) --logs logs/demo_unifashion
 
 # UniFashion's diffusion branch: fit the tiny VAEs and the attribute judge, then try-on editing and
 # image+text generation, each evaluated before and after training (scripts/demo_generation.py).

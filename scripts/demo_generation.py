@@ -11,7 +11,8 @@ Two checks, each against the same pipeline before training and against chance:
   (``demo_attribute_judge``). The same judge on the fitted VAE's reconstructions of those products is
   the ceiling generation through that VAE can reach ("VAE ceiling").
 
-The tiny VAEs are fitted first (``demo_diffusion_vae``): a random VAE does not invert itself.
+The tiny VAEs are fitted first (``demo_diffusion_vae``, ``demo_diffusion_vae_products``): a random VAE
+does not invert itself.
 
 Usage (what ``make demo-generation`` runs):
   python scripts/demo_generation.py --data data/synthetic_generation --logs logs/demo_generation \\
@@ -29,11 +30,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import torch
+from demo_runs import metrics, run_once
 
 from fashion_vl.data.formats import FashionGenSource
 from fashion_vl.data.garment_labels import GARMENT_VOCABS, asked_from_texts
@@ -44,34 +45,7 @@ from fashion_vl.models.attribute_judge import load_attribute_judge
 from fashion_vl.models.unifashion.diffusion import load_fitted_vae, to_vae_range
 from fashion_vl.utils.rich_utils import print_table, results_table
 
-# the attribute-judge data's normalisation (resize_crop's), undone by the VAE fit
-PRODUCT_MEAN, PRODUCT_STD = (f"[{','.join(map(str, v))}]" for v in (FASHION_MEAN, FASHION_STD))
-QUIET = ["print_config=false", "trainer.enable_progress_bar=false"]
 GENERATED = 64  # test products redrawn and judged
-
-
-def run_once(tool: str, args: list[str], logs: Path, reuse: bool = False) -> None:
-    """One fvl-train / fvl-eval call; its output goes to ``<logs>/<run_name>.out``. With ``reuse``, a
-    run whose ``metrics.json`` exists is not run again."""
-    name = next(a.split("=", 1)[1] for a in args if a.startswith("run_name="))
-    task = "train" if tool == "fvl-train" else "eval"
-    if reuse and (logs / task / "runs" / name / "metrics.json").is_file():
-        print(f"{name:<28} reused", flush=True)
-        return
-    out = logs / f"{name}.out"
-    command = [tool, *args, f"paths.log_dir={logs}", *QUIET]
-    if tool == "fvl-train":
-        command.append("~callbacks.rich_progress_bar")
-    start = time.perf_counter()
-    with out.open("w") as f:
-        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)
-    print(f"{name:<28} {time.perf_counter() - start:6.0f} s  ({' '.join(command[1:3])} ...)", flush=True)
-    if code:
-        sys.exit(f"{tool} {name} failed (exit {code}); see {out}")
-
-
-def metrics(logs: Path, task: str, name: str) -> dict[str, float]:
-    return json.loads((logs / task / "runs" / name / "metrics.json").read_text())["metrics"]
 
 
 def constant_guess(data: Path, count: int, split: str = "val") -> dict[str, float]:
@@ -148,10 +122,7 @@ def main() -> None:
 
     # ---- generation
     run("fvl-train", ["experiment=demo_attribute_judge", "run_name=judge", *common], logs)
-    run("fvl-train", ["experiment=demo_diffusion_vae", "run_name=vae_products", "data=fashiongen_garments",
-                      "image_size=32", "resize_size=32", f"lit.mean={PRODUCT_MEAN}", f"lit.std={PRODUCT_STD}",
-                      "lit.foreground_weight=10",
-                      *common], logs)  # fmt: skip
+    run("fvl-train", ["experiment=demo_diffusion_vae_products", "run_name=vae_products", *common], logs)
     generation = [
         "experiment=demo_unifashion_phase1_diffusion", *common,
         f"lit.objectives.diffusion.branch.vae_from={train_runs / 'vae_products/checkpoints/last.ckpt'}",

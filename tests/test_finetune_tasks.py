@@ -20,7 +20,7 @@ from fashion_vl.data.outfits import OutfitEvalDataset, OutfitPairDataset, collat
 from fashion_vl.data.samplers import SampleKey
 from fashion_vl.data.transforms import resize_crop
 from fashion_vl.lit.classification import ClassificationModule
-from fashion_vl.metrics.composed import ComposedGalleryRecall
+from fashion_vl.metrics.composed import ComposedGalleryRecall, chance_group_recall
 from fashion_vl.models.csanet import CSANet
 from tests.test_models import tiny_fashionvil
 
@@ -60,6 +60,15 @@ def test_fashion200k_metric_never_ranks_the_query_image() -> None:
     metric.update_gallery(gallery, torch.tensor([0, 1]), torch.tensor([5, 6]), torch.tensor([0, 0]))
     metric.update_queries(torch.tensor([[1.0, 0.0]]), torch.tensor([6]), torch.tensor([0]))
     assert metric.compute()["r@1"] == 0.0
+
+
+def test_chance_recall_is_k_over_each_groups_distinct_gallery_averaged() -> None:
+    # group 0: keys {1, 2, 3, 4} (key 2 twice: counted once); group 1: 20 keys
+    gallery = [(0, 1), (0, 2), (0, 2), (0, 3), (0, 4)] + [(1, k) for k in range(20)]
+    assert chance_group_recall(gallery, 2) == pytest.approx((50.0 + 10.0) / 2)
+    assert chance_group_recall(gallery, 10) == pytest.approx((100.0 + 50.0) / 2)  # capped at 100
+    with pytest.raises(ValueError, match="empty"):
+        chance_group_recall([], 10)
 
 
 def test_ocir_recall_is_class_balanced() -> None:

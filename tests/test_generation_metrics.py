@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from fashion_vl.data.garment_labels import (
     GARMENT_VOCABS,
     GarmentLabelCollator,
+    GarmentLabelDataModule,
     asked_from_texts,
     garment_labels,
 )
+from fashion_vl.data.records import Product, ProductTable
+from fashion_vl.data.samplers import SampleKey
 from fashion_vl.data.synth.taxonomy import ATTRIBUTE_INDEX, CATEGORIES, COLOURS, PATTERNS
+from fashion_vl.data.transforms import resize_crop
 from fashion_vl.metrics.generation import (
     AttributeAccuracy,
     GenerationCLIPScore,
@@ -278,6 +283,26 @@ def test_garment_labels_from_records_and_prompts() -> None:
     assert set(GARMENT_VOCABS) == {"colour", "category", "pattern"}
 
 
+@pytest.mark.parametrize("first_only", [False, True])
+def test_garment_data_train_first_image(tmp_path: Path, first_only: bool) -> None:
+    """``train_first_image`` trains on every product's first image only; the source's table is kept."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # image i of every product is colour i
+    for i, c in enumerate(colours):
+        Image.new("RGB", (8, 8), c).save(tmp_path / f"{i}.png")
+    images = tuple(f"{i}.png" for i in range(len(colours)))
+    table = ProductTable("FashionGen", "train", tmp_path, tmp_path / "train.json")
+    table.products = [Product(p, images, "Red wool coat") for p in range(4)]
+    source = mock.Mock(read=mock.Mock(return_value=table))
+    transform = resize_crop(train=False, size=4, resize=4, mean=(0, 0, 0), std=(1, 1, 1))
+    dm = GarmentLabelDataModule(
+        train_source=source, train_first_image=first_only, train_transform=transform, eval_transform=transform
+    )
+    dm.setup("fit")
+    drawn = {int(dm.train_set[SampleKey(k % 4, k)]["image"][:, 0, 0].argmax()) for k in range(40)}
+    assert drawn == ({0} if first_only else {0, 1, 2})
+    assert all(p.images == images for p in table.products)
+
+
 def _random_inception_file(path: Path) -> Path:
     """torch-fidelity's Inception at its random init, saved like the real weight file."""
     fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
@@ -327,7 +352,7 @@ def test_demo_attribute_judge_trains_and_loads(tmp_path: Path, synth_dir: Path) 
     assert 0.0 <= scores["colour_acc"] <= 100.0
 
 
-def test_demo_generation_chance_is_the_best_constant_answer(synth_dir: Path) -> None:
+def test_demo_generation_chance_is_the_best_constant_answer(synth_dir: Path, monkeypatch) -> None:
     """scripts/demo_generation.py compares generated attributes with the best constant answer over the
     judged products' texts."""
     import importlib.util
@@ -337,6 +362,7 @@ def test_demo_generation_chance_is_the_best_constant_answer(synth_dir: Path) -> 
     from fashion_vl.data.garment_labels import asked_from_texts
 
     path = Path(__file__).resolve().parents[1] / "scripts" / "demo_generation.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # the script imports its sibling demo_runs
     spec = importlib.util.spec_from_file_location("demo_generation", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)

@@ -221,6 +221,23 @@ def test_the_eval_config_registers_the_callback_and_it_runs_at_multirun_end(
     assert (sweep / "results.md").is_file()
 
 
+def test_the_callback_collects_the_jobs_it_saw_end_wherever_they_ran(
+    four_runs: list[Path], tmp_path: Path
+) -> None:
+    """A sweep over experiments puts each job under its own experiment's folder, not under the master's
+    ``hydra.sweep.dir``: the jobs' own output folders are read, in the order they ended."""
+    from omegaconf import OmegaConf
+
+    callback = ResultsTableCallback()
+    callback.on_multirun_start(OmegaConf.create({}))
+    for run in (four_runs[3], four_runs[0]):
+        callback.on_job_end(OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run)}}}), None)
+    sweep = tmp_path / "master_sweep"
+    callback.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    rows = json.loads((sweep / "results.json").read_text())["runs"]
+    assert [r["run"] for r in rows] == ["unifashion_phase2_fashioniq", "finetune_retrieval_fashiongen"]
+
+
 def test_the_callback_reports_instead_of_failing_the_sweep(tmp_path: Path, caplog) -> None:
     from omegaconf import OmegaConf
 
@@ -243,13 +260,14 @@ def test_fvl_eval_multirun_prints_one_table_for_both_families(tmp_path: Path, sy
 
     result = run(
         script("fvl-eval"), "-m", "experiment=demo_finetune_retrieval,demo_unifashion_phase1",
-        f"paths.data_dir={synth_dir}", "run_name=sweep", "image_size=56", "resize_size=64",
+        f"paths.data_dir={synth_dir}", "image_size=56", "resize_size=64",
         "data.batch_size=8", "data.eval_batch_size=8", "data.num_workers=0", "trainer.enable_progress_bar=false",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    sweep = tmp_path / "logs" / "eval" / "multiruns" / "sweep"
-    data = json.loads((sweep / "results.json").read_text())
+    # each job lands under its own experiment's folder; the table goes to the master's sweep folder
+    (results,) = (tmp_path / "logs" / "eval" / "multiruns").glob("default/*/results.json")
+    data = json.loads(results.read_text())
     assert [(r["run"], r["model"]) for r in data["runs"]] == [
         ("demo_finetune_retrieval", "FashionViL"), ("demo_unifashion_phase1", "UniFashion")
     ]  # fmt: skip

@@ -246,6 +246,14 @@ def test_itm_hard_negatives_are_the_hand_computed_ones() -> None:
         observed = torch.bincount(draws[:, r], minlength=4).float() / 4000
         assert observed[rows[r] == columns].sum() == 0
         torch.testing.assert_close(observed, expected, atol=0.03, rtol=0)
+    # uniform: every other product's column equally likely, whatever the similarities
+    draws = mine_negatives(sim.repeat(4000, 1) * 10, rows.repeat(4000), columns, "uniform", g).view(4000, 3)
+    for r in range(3):
+        other = (rows[r] != columns).float()
+        observed = torch.bincount(draws[:, r], minlength=4).float() / 4000
+        torch.testing.assert_close(observed, other / other.sum(), atol=0.03, rtol=0)
+    with pytest.raises(ValueError, match="ITM negatives"):
+        mine_negatives(sim, rows, columns, "hardest")
 
 
 class RecordingQFormer(torch.nn.Module):
@@ -466,3 +474,21 @@ def test_freeze_qformer_leaves_only_the_llm_bridge_training(tokenizer_dir: str) 
     after = net.qformer.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert net.qformer.llm_proj.weight.grad is not None
+
+
+def test_fvl_eval_writes_the_generated_captions_with_their_references(tmp_path: Path) -> None:
+    from fashion_vl.cli.eval import write_captions
+    from fashion_vl.metrics.captioning import CaptionScores
+
+    class Captioner:
+        test_captions = CaptionScores()
+
+    assert write_captions(Captioner(), tmp_path / "none.json") is None  # captioned nothing: no file
+    assert write_captions(object(), tmp_path / "none.json") is None  # not a captioning task
+    Captioner.test_captions.update(["a red shirt", "a blue dress"], ["Red cotton shirt", ["x", "y"]])
+    path = write_captions(Captioner(), tmp_path / "captions.json")
+    assert json.loads(path.read_text()) == [
+        {"caption": "a red shirt", "references": ["Red cotton shirt"]},
+        {"caption": "a blue dress", "references": ["x", "y"]},
+    ]
+    assert not (tmp_path / "none.json").exists()

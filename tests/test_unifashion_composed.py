@@ -3,6 +3,7 @@ target feature, the objectives, re-ranking within the ITC top K, the Fashion-IQ-
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from fashion_vl.data.composed import fashioniq_eval_items
 from fashion_vl.data.formats import FASHIONIQ_CATEGORIES, DataFormatError
 from fashion_vl.data.formats.fashioniq_cap import read_fashioniq_cap
 from fashion_vl.losses.composed import masked_contrastive
-from fashion_vl.metrics.composed import ComposedGalleryRecall
+from fashion_vl.metrics.composed import ComposedGalleryRecall, chance_group_recall
 from fashion_vl.models.unifashion import FrozenViT, UniFashion, build_qformer
 from tests.conftest import compose_config
 
@@ -215,6 +216,33 @@ def test_itm_rescore_is_the_match_logit_as_in_compute_itm_or_its_probability() -
         module(rerank_itm_score="log_softmax")
 
 
+def test_rerank_score_adds_the_itc_cosine_or_its_logit_to_the_itm_score() -> None:
+    """``rerank_itc_score``: ``cosine`` adds weight x the candidate's ITC cosine (max over its vectors),
+    ``logit`` the cosine over the learned temperature; weight 0 leaves the ITM score alone."""
+    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.losses.composed import ComposedItcLoss
+
+    def module(**kwargs) -> UniFashionComposedModule:
+        m = UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss()}, {"itc": 1.0},
+                                     optimizer=torch.optim.AdamW, **kwargs)  # fmt: skip
+        m.itm_rescore = lambda q, g: torch.full(g.shape, 2.0)  # the ITM part has its own test
+        return m
+
+    torch.manual_seed(0)
+    queries = F.normalize(torch.randn(2, 8), dim=-1)
+    gallery = F.normalize(torch.randn(3, 4, 8), dim=-1)  # 4 vectors per gallery image
+    query_index, gallery_index = torch.tensor([0, 1]), torch.tensor([[2, 0], [1, 2]])
+    cosine = torch.stack([(gallery[gallery_index[r]] @ queries[r]).amax(dim=-1) for r in range(2)])
+    args = (queries, gallery, query_index, gallery_index)
+    torch.testing.assert_close(module().rerank_scores(*args), torch.full((2, 2), 2.0))
+    torch.testing.assert_close(module(rerank_itc_weight=0.5).rerank_scores(*args), 2.0 + 0.5 * cosine)
+    logit = module(rerank_itc_weight=0.5, rerank_itc_score="logit")
+    temperature = float(logit.net.qformer.temp)
+    torch.testing.assert_close(logit.rerank_scores(*args), 2.0 + 0.5 * cosine / temperature)
+    with pytest.raises(ValueError, match="rerank_itc_score"):
+        module(rerank_itc_score="softmax")
+
+
 def test_itm_on_modification_text_trains_on_the_pairs_reranking_scores() -> None:
     """``itm_text: modification``: the ITM objective sees (target image, modification text), the pairs
     :meth:`itm_rescore` scores at test time, with negatives mined from the modification texts' features."""
@@ -274,7 +302,7 @@ def test_demo_phase2_trains_three_steps_and_writes_both_evaluations(tmp_path: Pa
 def test_demo_phase2_learns_composed_retrieval(tmp_path: Path) -> None:
     """After the demo run on the `small` synthetic FashionIQ (the tiny one has 8 queries per category
     and ~15 gallery images: too coarse), test R@10 beats the untrained model's (same initialisation) and
-    chance, and ITM re-ranking does not make it worse."""
+    chance, and ITM re-ranking stays within noise of it."""
     from fashion_vl.data.synth import generate
 
     data = tmp_path / "datasets"
@@ -287,12 +315,80 @@ def test_demo_phase2_learns_composed_retrieval(tmp_path: Path) -> None:
                  "trainer.enable_progress_bar=false", *quiet]  # fmt: skip
     trained, _ = train(compose_config("train", overrides, tmp_path / "trained", data))
     items = fashioniq_eval_items(data, FASHIONIQ_CATEGORIES)
-    chance = sum(
-        100.0 * min(1.0, 10 / len({i.gallery.key for i in items if i.gallery.group == group}))
-        for group in range(3)
-    ) / 3  # fmt: skip
+    chance = chance_group_recall([(i.gallery.group, i.gallery.key) for i in items], 10)
     assert trained["test/mean_r@10"] > max(untrained["test/mean_r@10"], chance), (trained, untrained, chance)
-    assert trained["test/rerank/mean_r@10"] >= trained["test/mean_r@10"] - 5.0  # 40 steps: ITM barely trained
+    # from random init the ITM head adds little to ITC at this scale: re-ranking lands within a few queries
+    # of the ITC ranking (measured: 78.3 -> 75.6 here; 78.9 -> 78.9 in make demo-unifashion's phase 1 ->
+    # phase 2); a broken re-ranking (wrong pairs, cosine-scale sum) costs 15-20 points
+    assert trained["test/rerank/mean_r@10"] >= trained["test/mean_r@10"] - 4.0, trained
+
+
+def test_composed_itm_pairs_reference_and_target_with_the_modification_text() -> None:
+    """``ComposedItmLoss``: per query (reference r_i + target t_i, text_i) labelled 1, (r_i + the hardest
+    other target, text_i) and (r_i + t_i, the hardest other query's text) labelled 0; "hardest" by the
+    composed ITC similarities, skipping entries of the same target."""
+    from fashion_vl.losses.composed import ComposedItmLoss
+    from fashion_vl.models.outputs import ComposedEncoding
+
+    keys = torch.tensor([0, 1, 2, 0])  # queries 0 and 3 share their target
+    n = len(keys)
+    composed = F.normalize(torch.eye(4, 8)[[0, 1, 2, 3]], dim=-1)
+    # target j's single feature is closest to composed query (j + 1) % 4
+    target_feats = F.normalize(torch.eye(4, 8)[[1, 2, 3, 0]] + 0.1, dim=-1)[:, None]
+    reference = torch.full((n, 1, 4), 100.0) + torch.arange(n, dtype=torch.float)[:, None, None]
+    targets = torch.arange(n, dtype=torch.float)[:, None, None].expand(n, 2, 4)
+    ids = torch.arange(n)[:, None] + 10
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "target_key": keys}
+    enc = ComposedEncoding(composed, targets, torch.zeros(n, 1, 4), target_feats, None, torch.tensor(0.1),
+                           reference)  # fmt: skip
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qformer = _RecordingQFormer()
+
+    net = Net()
+    out = ComposedItmLoss("argmax")(net, enc, batch, torch.Generator())
+    tokens, text = net.qformer.pairs
+    assert tokens.shape == (3 * n, 3, 4)  # reference tokens, then the candidate's
+    assert (tokens[:, 0, 0] == torch.cat([reference[:, 0, 0]] * 3)).all()
+    candidate, text = tokens[:, 1, 0].long(), text[:, 0] - 10
+    sim = (composed @ target_feats[:, 0].T).masked_fill(keys[:, None] == keys[None, :], float("-inf"))
+    assert candidate[:n].tolist() == list(range(n)) and text[:n].tolist() == list(range(n))
+    assert candidate[n : 2 * n].tolist() == sim.argmax(dim=1).tolist() and text[n : 2 * n].tolist() == list(
+        range(n)
+    )
+    assert (
+        candidate[2 * n :].tolist() == list(range(n))
+        and text[2 * n :].tolist() == sim.T.argmax(dim=1).tolist()
+    )
+    assert (keys[candidate[n : 2 * n]] != keys).all() and (keys[text[2 * n :]] != keys).all()
+    assert set(out) >= {"loss", "acc"}
+    with pytest.raises(KeyError, match="reference"):
+        ComposedItmLoss()(net, dataclasses.replace(enc, reference_tokens=None), batch, torch.Generator())
+
+
+def test_rerank_with_reference_reads_the_reference_tokens_before_the_candidates() -> None:
+    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.losses.composed import ComposedItcLoss
+
+    m = UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss()}, {"itc": 1.0},
+                                 optimizer=torch.optim.AdamW, rerank_with_reference=True)  # fmt: skip
+    images = torch.randn(3, 3, 28, 28)
+    ids, mask = texts()
+    with torch.no_grad():
+        tokens = m.net.image_tokens(images)
+    m._gallery_tokens = list(tokens.unbind(0))
+    m._query_tokens = list(tokens.flip(0)[:2].unbind(0))  # query q's reference: image 2 - q
+    m._query_texts = [(i[b.bool()], b[b.bool()]) for i, b in zip(ids, mask, strict=True)]
+    scores = m.itm_rescore(torch.tensor([0, 1]), torch.tensor([[2, 0], [1, 2]]))
+    with torch.no_grad():
+        expected = torch.stack([
+            m.net.qformer.itm_logits(torch.cat([tokens[2 - q : 3 - q], tokens[g : g + 1]], dim=1),
+                                     ids[q : q + 1, : int(mask[q].sum())], mask[q : q + 1, : int(mask[q].sum())])[0, 1]
+            for q, g in [(0, 2), (0, 0), (1, 1), (1, 2)]
+        ])  # fmt: skip
+    torch.testing.assert_close(scores, expected.view(2, 2))
 
 
 class _RecordingQFormer(torch.nn.Module):
@@ -308,7 +404,7 @@ class _RecordingQFormer(torch.nn.Module):
         return torch.zeros(tokens.shape[0], 2, requires_grad=True)
 
 
-@pytest.mark.parametrize("negatives", ["argmax", "sample"])
+@pytest.mark.parametrize("negatives", ["argmax", "sample", "uniform"])
 def test_phase2_itm_negatives_skip_same_target_copies_and_follow_the_step_generator(negatives: str) -> None:
     """Phase-2 ITM on (target image, target caption): each image's negative caption and each caption's
     negative image belong to *another* target (copies of the same target in the batch are positives, not

@@ -1,7 +1,8 @@
 """``fvl-eval``: evaluate a checkpoint (or a randomly initialised model) and print a results table.
 
 ``fvl-eval experiment=demo_itc ckpt_path=logs/.../last.ckpt`` runs the experiment's test split,
-prints the metrics as a table and writes ``metrics.json`` in the run folder.
+prints the metrics as a table and writes ``metrics.json`` in the run folder; a captioning model also
+writes the generated captions with their references (``captions.json``, this process's share).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
         )
         print_table(results_table(title, rows, ["metric", "value"]))
         log.info("metrics written to %s", out)
+        captions = write_captions(lit, out.parent / "captions.json")
+        if captions is not None:
+            log.info("captions written to %s", captions)
         if cfg.get("viz") and split != "val":
             from fashion_vl.viz.examples import save_examples
 
@@ -82,6 +86,21 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             else:
                 log.info("result grid written to %s", grid)
     return metrics, dict(trainer=trainer, lit=lit, datamodule=datamodule)
+
+
+def write_captions(lit: Any, path: Path) -> Path | None:
+    """The test captions a captioning module generated (``test_captions``: a
+    :class:`~fashion_vl.metrics.captioning.CaptionScores`), each with its references, as JSON; ``None``
+    when the module captioned nothing."""
+    captions = getattr(lit, "test_captions", None)
+    if captions is None or not len(captions):
+        return None
+    rows = [
+        {"caption": h, "references": list(r)}
+        for h, r in zip(captions.hypotheses, captions.references, strict=True)
+    ]
+    path.write_text(json.dumps(rows, indent=1))
+    return path
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_ROOT, config_name="eval")

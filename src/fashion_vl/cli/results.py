@@ -28,8 +28,14 @@ log = logging.getLogger("fashion_vl")
 
 
 class ResultsTableCallback(Callback):
-    """Hydra callback: when a multirun ends, the combined table of every job's ``metrics.json`` under
-    ``hydra.sweep.dir`` is printed and written there as ``results.json`` / ``results.md``.
+    """Hydra callback: when a multirun ends, the combined table of every job's ``metrics.json`` is printed
+    and written into ``hydra.sweep.dir`` as ``results.json`` / ``results.md``.
+
+    The jobs' folders are the ones this callback saw end (``on_job_end``): a sweep over experiments puts
+    each job under its own experiment's folder (the default ``run_name`` names the experiment), not under
+    the master's ``hydra.sweep.dir``. Launchers that run jobs in other processes (joblib, submitit) end
+    them where this callback cannot see; then the metrics under ``hydra.sweep.dir`` are read, which holds
+    every job when ``run_name`` is given (``fvl-eval -m run_name=<name> ...``).
 
     Args:
         metrics: ``fnmatch`` patterns selecting the columns (``["*r@10", "*rsum"]``); null: every metric.
@@ -37,19 +43,36 @@ class ResultsTableCallback(Callback):
 
     def __init__(self, metrics: Sequence[str] | None = None) -> None:
         self.metrics = list(metrics) if metrics else None
+        self.job_dirs: list[Path] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.job_dirs = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any = None, **kwargs: Any) -> None:
+        hydra_cfg = getattr(job_return, "hydra_cfg", None) or config
+        output_dir = Path(str(hydra_cfg.hydra.runtime.output_dir))
+        if (output_dir / "metrics.json").is_file():
+            self.job_dirs.append(output_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        files = sorted(sweep_dir.rglob("metrics.json")) if sweep_dir.is_dir() else []
-        if not files:
-            log.warning("results table: no metrics.json under %s", sweep_dir)
+        sources = list(self.job_dirs)
+        if not sources and sweep_dir.is_dir() and any(sweep_dir.rglob("metrics.json")):
+            sources = [sweep_dir]
+        if not sources:
+            log.warning(
+                "results table: no metrics.json under %s (jobs run by another process: give them one "
+                "folder with run_name=<name>, or combine them with fvl-eval-table)",
+                sweep_dir,
+            )
             return
         try:
-            runs = collect([sweep_dir])
+            runs = collect(sources)
         except ResultsError as err:  # the jobs' own results are all written: report, do not fail the sweep
             log.error("results table: %s", err)
             return
         print_table(combined_table(runs, self.metrics, title=f"fvl-eval results: {sweep_dir}"), fit=True)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         json_path, md_path = write_results(runs, sweep_dir, self.metrics)
         log.info("results table of %d runs written to %s and %s", len(runs), json_path, md_path)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -137,6 +138,8 @@ class GarmentLabelDataModule(FashionDataModule):
     Args:
         train_source: products to train on (e.g. synthetic FashionGen ``train``).
         val_source: products to validate on; test_source defaults to it.
+        train_first_image: train on each product's first image only (the synthetic data's plain front
+            shot on white, the view the generation demo judges) instead of a random one.
         common: see :class:`FashionDataModule` (``tokenizer`` is unused).
     """
 
@@ -145,11 +148,13 @@ class GarmentLabelDataModule(FashionDataModule):
         train_source: ProductSource | None = None,
         val_source: ProductSource | None = None,
         test_source: ProductSource | None = None,
+        train_first_image: bool = False,
         **common: Any,
     ) -> None:
         common.setdefault("tokenizer", "none")
         super().__init__(**common)
         self.train_source = train_source
+        self.train_first_image = train_first_image
         self.val_source = val_source
         self.test_source = test_source or val_source
         self.train_set: GarmentProductDataset | None = None
@@ -163,6 +168,8 @@ class GarmentLabelDataModule(FashionDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_set is None and self.train_source is not None:
             table = self.train_source.read()
+            if self.train_first_image:
+                table = replace(table, products=[replace(p, images=p.images[:1]) for p in table.products])
             self.train_set = GarmentProductDataset([table], self.train_transform, reader=self.reader)
         if stage in ("fit", "validate", None) and self.val_set is None and self.val_source is not None:
             self.val_set = GarmentGalleryDataset(self.val_source.read(), self.eval_transform, self.reader)

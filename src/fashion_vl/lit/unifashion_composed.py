@@ -16,6 +16,7 @@ from torchmetrics.utilities import dim_zero_cat
 from fashion_vl.lit.base import FashionLitModule, SplitRecallHooks
 from fashion_vl.lit.unifashion import OneCycleFromRun, WeightedObjectives
 from fashion_vl.losses._dist import rank, world_size
+from fashion_vl.losses.composed import ComposedItmLoss
 from fashion_vl.metrics.composed import ComposedGalleryRecall
 from fashion_vl.metrics.retrieval import candidate_scores
 from fashion_vl.models.outputs import ComposedEncoding
@@ -73,10 +74,19 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         rerank_top_k: candidates re-scored per query (the reference's 100); 0 turns re-ranking off.
         rerank_itc_weight: re-ranking score = ITM match score + this x the ITC score (the reference
             re-scores with the ITM head alone: 0; BLIP's re-ranking adds the ITC cosine: 1).
+        rerank_itc_score: the ITC score added: ``cosine`` (BLIP's) or ``logit``, the cosine over the
+            learned temperature: the logit the ITC loss trained, on the scale of the ITM's logit, so the
+            sum is (up to constants) the log of the product of the two models' probabilities. With
+            the cosine, top-K candidates differ by a few hundredths while ITM logits differ by units,
+            and a weak ITM head overrules the ranking it is meant to refine.
         rerank_itm_score: the ITM match score: ``logit`` (the reference's and LAVIS's ``compute_itm``,
             BLIP's re-ranking: ``itm_head``'s match-class logit averaged over the queries, unbounded like
             the scores it is added to) or ``probability`` (its softmax match probability, squashed into
             [0, 1]: not the scale BLIP's sum adds to the ITC cosine; kept to reproduce older figures).
+        rerank_with_reference: the ITM reads the reference image's tokens followed by the candidate's
+            (the reference's ``inference_rerank``; train the head on such pairs with
+            :class:`~fashion_vl.losses.ComposedItmLoss`) instead of the candidate's alone (its
+            ``compute_itm``). Keeps every query's ViT tokens too, as it keeps the gallery's.
         rerank_batch_size: (candidate image, text) pairs per ITM forward.
         itm_text: the text of the ITM objective's pairs: ``caption`` (the reference: the target caption,
             needs ``data.target_captions=true``) or ``modification`` (the modification text, wrapped by
@@ -88,9 +98,10 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         optimizer, scheduler, lr_multiplier, fast_modules: see
             :class:`~fashion_vl.lit.base.FashionLitModule` (``OneCycleLR`` as in phase 1).
 
-    The ITM re-scores (candidate target image, modification text) pairs: the query's only text at test
-    time. Re-ranking keeps every gallery image's ViT tokens (on CPU, in the ViT's dtype) until the end
-    of the evaluation and runs in a single process; under DDP it is skipped with a warning.
+    The ITM re-scores (candidate target image, modification text) pairs, the query's only text at test
+    time; with ``rerank_with_reference``, (reference image + candidate, modification text). Re-ranking
+    keeps every gallery image's ViT tokens (on CPU, in the ViT's dtype) until the end of the evaluation
+    and runs in a single process; under DDP it is skipped with a warning.
     """
 
     no_decay_below_2d = True  # LAVIS's weight-decay exemptions (optim.param_groups)
@@ -107,6 +118,8 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         rerank_top_k: int = 100,
         rerank_itc_weight: float = 0.0,
         rerank_itm_score: str = "logit",
+        rerank_itc_score: str = "cosine",
+        rerank_with_reference: bool = False,
         rerank_batch_size: int = 256,
         itm_text: str = "caption",
         lr_multiplier: float = 1.0,
@@ -130,7 +143,8 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
             raise ValueError(f"lit.itm_text must be one of {ITM_TEXTS}, not {itm_text!r}")
         self.itm_text = itm_text
         chosen = {name: objectives[name] for name in self.weights}
-        if itm_text == "modification" and "itm" in chosen:
+        wrap = itm_text == "modification" and "itm" in chosen
+        if wrap and not isinstance(chosen["itm"], ComposedItmLoss):  # that one reads the texts itself
             chosen["itm"] = ItmOnModificationText(chosen["itm"])
         self.objectives = nn.ModuleDict(chosen)
         self.seed = seed
@@ -142,11 +156,16 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
                 f"lit.rerank_itm_score must be 'logit' or 'probability', not {rerank_itm_score!r}"
             )
         self.rerank_itm_score = rerank_itm_score
+        if rerank_itc_score not in ("cosine", "logit"):
+            raise ValueError(f"lit.rerank_itc_score must be 'cosine' or 'logit', not {rerank_itc_score!r}")
+        self.rerank_itc_score = rerank_itc_score
+        self.rerank_with_reference = rerank_with_reference
         self.rerank_batch_size = rerank_batch_size
         self.val_recall = ComposedGalleryRecall(ks, group_names)
         self.test_recall = ComposedGalleryRecall(ks, group_names)
         self._gallery_tokens: list[torch.Tensor] = []
         self._query_texts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._query_tokens: list[torch.Tensor] = []
 
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])
@@ -154,9 +173,8 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
     def encode(self, batch: dict) -> ComposedEncoding:
         """The passes every objective reads, run once per step."""
         qformer = self.net.qformer
-        composed = self.net.encode_composed(
-            batch["reference_image"], batch["input_ids"], batch["attention_mask"]
-        )
+        reference = self.net.image_tokens(batch["reference_image"])
+        composed = qformer.composed_feature(reference, batch["input_ids"], batch["attention_mask"])
         tokens = self.net.image_tokens(batch["target_image"])
         states = qformer.prompt_states(tokens)
         caption = None
@@ -164,7 +182,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
             caption = self.net.encode_text(batch["target_input_ids"], batch["target_attention_mask"])
         # clamped once here: a second in-place clamp after the first loss read it would break backward
         temperature = qformer.temperature()
-        return ComposedEncoding(composed, tokens, states, qformer.project_image(states), caption, temperature)
+        return ComposedEncoding(
+            composed, tokens, states, qformer.project_image(states), caption, temperature, reference
+        )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self.weighted_loss(self.encode(batch), batch)
@@ -175,12 +195,13 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
     def _evaluate(self, batch: dict, metric: ComposedGalleryRecall) -> None:
         if batch["query_image"].numel():
-            query = self.net.encode_composed(
-                batch["query_image"], batch["input_ids"], batch["attention_mask"]
-            )
+            reference = self.net.image_tokens(batch["query_image"])
+            query = self.net.qformer.composed_feature(reference, batch["input_ids"], batch["attention_mask"])
             metric.update_queries(
                 query, batch["query_positive"], batch["query_group"], batch["query_exclude"]
             )
+            if self._reranking() and self.rerank_with_reference:
+                self._query_tokens.extend(reference.detach().cpu().unbind(0))
             if self._reranking():
                 self._query_texts.extend(
                     (ids[m.bool()].cpu(), m[m.bool()].cpu())
@@ -219,6 +240,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
             for start in range(0, len(pairs), self.rerank_batch_size):
                 chunk = pairs[start : start + self.rerank_batch_size]
                 tokens = torch.stack([self._gallery_tokens[g] for _, g in chunk]).to(device, dtype)
+                if self.rerank_with_reference:  # the reference image's tokens, then the candidate's
+                    reference = torch.stack([self._query_tokens[q] for q, _ in chunk]).to(device, dtype)
+                    tokens = torch.cat([reference, tokens], dim=1)
                 texts = [self._query_texts[q] for q, _ in chunk]
                 length = max(len(ids) for ids, _ in texts)
                 ids = torch.zeros(len(chunk), length, dtype=torch.long)
@@ -232,6 +256,25 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
                 scores.append(logits[:, 1].cpu())
         return torch.cat(scores).view(gallery_index.shape)
 
+    @torch.no_grad()
+    def rerank_scores(
+        self,
+        queries: torch.Tensor,
+        gallery: torch.Tensor,
+        query_index: torch.Tensor,
+        gallery_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Re-ranking scores ``[n, k]`` of each query's candidates: the ITM match score
+        (:meth:`itm_rescore`) + ``rerank_itc_weight`` x the ITC cosine, or the ITC logit (the cosine over
+        the learned temperature) with ``rerank_itc_score: logit``."""
+        scores = self.itm_rescore(query_index, gallery_index)
+        if self.rerank_itc_weight:
+            itc = candidate_scores(queries[query_index], gallery, gallery_index).float()
+            if self.rerank_itc_score == "logit":
+                itc = itc / self.net.qformer.temperature().float()
+            scores = scores + self.rerank_itc_weight * itc.cpu()
+        return scores
+
     def _log_recall(self, split: str) -> None:
         super()._log_recall(split)
         metric = getattr(self, f"{split}_recall")
@@ -242,15 +285,11 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
             queries = dim_zero_cat(metric.query_emb)
 
             def rescore(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-                scores = self.itm_rescore(query_index, gallery_index)
-                if self.rerank_itc_weight:
-                    itc = candidate_scores(queries[query_index], gallery, gallery_index)
-                    scores = scores + self.rerank_itc_weight * itc.cpu()
-                return scores
+                return self.rerank_scores(queries, gallery, query_index, gallery_index)
 
             values = metric.compute_reranked(rescore, self.rerank_top_k)
             self.log_dict({f"{split}/rerank/{k}": v for k, v in values.items()})
-        self._gallery_tokens, self._query_texts = [], []
+        self._gallery_tokens, self._query_texts, self._query_tokens = [], [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_recall)
@@ -260,8 +299,8 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._gallery_tokens, self._query_texts = [], []
+        self._gallery_tokens, self._query_texts, self._query_tokens = [], [], []
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
-        self._gallery_tokens, self._query_texts = [], []
+        self._gallery_tokens, self._query_texts, self._query_tokens = [], [], []

@@ -7,7 +7,7 @@ passes too: ``objective(net, encoding, batch, generator)`` (the frozen ViT runs 
 """
 
 from fashion_vl.losses.caption import CaptionLoss
-from fashion_vl.losses.composed import ComposedItcLoss, TargetItmLoss, TtcLoss
+from fashion_vl.losses.composed import ComposedItcLoss, ComposedItmLoss, TargetItmLoss, TtcLoss
 from fashion_vl.losses.itc import ContrastiveLoss, ItcLoss, MultiQueryContrastiveLoss, QueryItcLoss
 from fashion_vl.losses.itg import ItgLoss
 from fashion_vl.losses.itm import ItmLoss, QueryItmLoss
@@ -19,6 +19,7 @@ from fashion_vl.losses.pac import PacLoss
 __all__ = [
     "CaptionLoss",
     "ComposedItcLoss",
+    "ComposedItmLoss",
     "ContrastiveLoss",
     "ItcLoss",
     "ItgLoss",

@@ -1,6 +1,7 @@
 """UniFashion phase 2 objectives (``shared/reference/unifashion.md`` §3) on a
 :class:`~fashion_vl.models.outputs.ComposedEncoding`: ITC composed <-> target, TTC composed <-> target
-caption, ITM on (target image, target caption) with hard negatives. Each is called as
+caption, ITM on (target image, target caption) or on (reference + target image, modification text) with
+hard negatives. Each is called as
 ``objective(net, encoding, batch, generator)``, the phase-1 interface."""
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_vl.losses._dist import gather_no_grad, gather_with_grad, rank
-from fashion_vl.losses.itc import MultiQueryContrastiveLoss
-from fashion_vl.losses.itm import QueryItmLoss
+from fashion_vl.losses._dist import gather_no_grad, gather_padded, gather_with_grad, rank
+from fashion_vl.losses.itc import MultiQueryContrastiveLoss, max_over_queries
+from fashion_vl.losses.itm import QueryItmLoss, mine_negatives, pad_columns
 from fashion_vl.losses.objective import output, zero_loss
 from fashion_vl.models.outputs import ComposedEncoding, ImageTextEncoding
 
@@ -93,3 +94,60 @@ class TargetItmLoss(nn.Module):
             "product_id": batch["target_key"],
         }
         return self.itm(net, pairs, caption_batch, generator)
+
+
+class ComposedItmLoss(nn.Module):
+    """ITM on what re-ranking scores at test time in the reference (``inference_rerank``): the learned
+    queries and the modification text, cross-attending to the reference image's tokens followed by a
+    candidate target's, ``itm_head`` averaged over the queries. Per query, three pairs (labels 1/0/0):
+    (reference + its target, text), (reference + another target, text) and (reference + its target,
+    another query's text). The other target is mined from the composed query's ITC similarities to
+    every rank's targets (the candidates re-ranking reorders), the other text from the target's
+    similarities to every rank's composed queries; both skip entries with the same ``target_key``.
+
+    Why next to :class:`TargetItmLoss`: the reference trains its ITM head on (target image, target
+    caption) and then asks it about (reference + candidate, modification text), pairs it never saw. Here
+    the head can be trained on the question it is asked (``lit.rerank_with_reference=true`` asks it).
+    At CPU demo scale it does not learn them in 300 steps (``docs/tasks.md``).
+
+    Args:
+        negatives: ``argmax`` (the hardest), ``sample`` (BLIP-2's draw from the softmax) or ``uniform``.
+    """
+
+    def __init__(self, negatives: str = "argmax") -> None:
+        super().__init__()
+        self.negatives = QueryItmLoss(negatives).negatives  # validated there
+
+    def forward(
+        self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        if enc.reference_tokens is None:
+            raise KeyError(
+                "composed ITM needs the reference image's tokens (ComposedEncoding.reference_tokens)"
+            )
+        ids, mask, keys = batch["input_ids"], batch["attention_mask"], batch["target_key"]
+        n = ids.shape[0]
+        with torch.no_grad():
+            all_keys = gather_no_grad(keys)
+            sim_q2t = (
+                max_over_queries(gather_no_grad(enc.target_feats), enc.composed_feat).T / enc.temperature
+            )
+            sim_t2q = max_over_queries(enc.target_feats, gather_no_grad(enc.composed_feat)) / enc.temperature
+            other_target = mine_negatives(sim_q2t, keys, all_keys, self.negatives, generator)
+            other_text = mine_negatives(sim_t2q, keys, all_keys, self.negatives, generator)
+            all_ids = gather_padded(ids, pad_value=0)
+            all_mask = gather_padded(mask, pad_value=0)
+        all_targets = gather_with_grad(enc.target_tokens)
+        own = torch.cat([enc.reference_tokens, enc.target_tokens], dim=1)
+        swapped = torch.cat([enc.reference_tokens, all_targets[other_target]], dim=1)
+        length = all_ids.shape[1]
+        pair_ids = torch.cat([pad_columns(ids, length), pad_columns(ids, length), all_ids[other_text]])
+        pair_mask = torch.cat([pad_columns(mask, length), pad_columns(mask, length), all_mask[other_text]])
+        keep = int(pair_mask.sum(dim=1).max())
+        logits = net.qformer.itm_logits(
+            torch.cat([own, swapped, own]), pair_ids[:, :keep], pair_mask[:, :keep]
+        )
+        labels = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(2 * n, dtype=torch.long)])
+        labels = labels.to(ids.device)
+        loss = F.cross_entropy(logits, labels)
+        return output(loss, acc=(logits.argmax(dim=1) == labels).float().mean())

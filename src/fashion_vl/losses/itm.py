@@ -82,7 +82,7 @@ def pair_texts(
     return all_ids[chosen, :length], all_mask[chosen, :length]
 
 
-NEGATIVE_MODES = ("argmax", "sample")
+NEGATIVE_MODES = ("argmax", "sample", "uniform")
 
 
 def mine_negatives(
@@ -96,6 +96,8 @@ def mine_negatives(
 
     ``argmax``: the most similar (:func:`hardest_negatives`). ``sample``: drawn from the softmax of the
     row over the non-positive columns (BLIP-2; ``similarity`` already divided by the temperature).
+    ``uniform``: any non-positive column, equally likely (easy negatives: what a head trained from
+    random init can learn from while the hardest ones are captions it cannot yet tell apart).
     A row without any non-positive column (a batch of one product) draws uniformly from all columns.
     """
     if mode not in NEGATIVE_MODES:
@@ -103,13 +105,14 @@ def mine_negatives(
     if mode == "argmax":
         return hardest_negatives(similarity, query_ids, gallery_ids)
     positive = query_ids[:, None] == gallery_ids[None, :]
-    weights = similarity.float().masked_fill(positive, float("-inf")).softmax(dim=1)
+    scores = similarity.float() if mode == "sample" else torch.zeros_like(similarity, dtype=torch.float)
+    weights = scores.masked_fill(positive, float("-inf")).softmax(dim=1)
     weights = torch.where(positive.all(dim=1, keepdim=True), torch.ones_like(weights), weights)
     drawn = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1)
     return drawn.to(similarity.device)
 
 
-def _pad_columns(x: torch.Tensor, length: int) -> torch.Tensor:
+def pad_columns(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, length - x.shape[1]), value=0)
 
 
@@ -122,8 +125,9 @@ class QueryItmLoss(nn.Module):
     trains), as in LAVIS.
 
     Args:
-        negatives: ``argmax`` (the UniFashion reference: the hardest negative) or ``sample`` (BLIP-2:
-            drawn from the softmax of the similarities over the temperature). Positives are masked by
+        negatives: ``argmax`` (the UniFashion reference: the hardest negative), ``sample`` (BLIP-2:
+            drawn from the softmax of the similarities over the temperature) or ``uniform`` (any other
+            product, the CPU demos' choice from random init). Positives are masked by
             product id (the diagonal, and the product's other copies in the global batch). The reference
             picks each image's negative text from its *text's* similarity row (the two directions'
             indices are swapped); here each image's negative text comes from the image's own row.
@@ -151,10 +155,8 @@ class QueryItmLoss(nn.Module):
             all_mask = gather_padded(mask, pad_value=0)
         all_tokens = gather_with_grad(enc.image_tokens)
         length = all_ids.shape[1]
-        pair_ids = torch.cat([_pad_columns(ids, length), _pad_columns(ids, length), all_ids[negative_text]])
-        pair_mask = torch.cat(
-            [_pad_columns(mask, length), _pad_columns(mask, length), all_mask[negative_text]]
-        )
+        pair_ids = torch.cat([pad_columns(ids, length), pad_columns(ids, length), all_ids[negative_text]])
+        pair_mask = torch.cat([pad_columns(mask, length), pad_columns(mask, length), all_mask[negative_text]])
         keep = int(pair_mask.sum(dim=1).max())
         pair_tokens = torch.cat([enc.image_tokens, all_tokens[negative_image], enc.image_tokens])
         logits = net.qformer.itm_logits(pair_tokens, pair_ids[:, :keep], pair_mask[:, :keep])

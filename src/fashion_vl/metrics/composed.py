@@ -185,3 +185,14 @@ class ComposedGalleryRecall(Metric):
         out.update({f"r@{k}": v for k, v in recall_from_ranks(ranks, self.ks, weights).items()})
         out["avg"] = sum(out.values()) / len(self.ks)
         return out
+
+
+def chance_group_recall(gallery: Sequence[tuple[int, int]], k: int) -> float:
+    """Percent recall@k of a random ranking, averaged over groups as ``mean_r@k`` is: k / the number of
+    distinct gallery keys of each group (capped at 100). ``gallery``: ``(group, dedupe key)`` per row."""
+    keys: dict[int, set[int]] = {}
+    for group, key in gallery:
+        keys.setdefault(group, set()).add(key)
+    if not keys:
+        raise ValueError("chance recall of an empty gallery")
+    return sum(100.0 * min(1.0, k / len(v)) for v in keys.values()) / len(keys)

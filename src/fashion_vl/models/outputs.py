@@ -36,3 +36,4 @@ class ComposedEncoding:
     target_feats: torch.Tensor  # [B, P, E] their normalised contrastive features
     caption_feat: torch.Tensor | None  # [B, E] normalised text [CLS] of the target caption, if any
     temperature: torch.Tensor  # [] the contrastive temperature, clamped once per step
+    reference_tokens: torch.Tensor | None = None  # [B, N, C] frozen ViT tokens of the reference image
