@@ -163,6 +163,11 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         self.rerank_batch_size = rerank_batch_size
         self.val_recall = ComposedGalleryRecall(ks, group_names)
         self.test_recall = ComposedGalleryRecall(ks, group_names)
+        self._reset_rerank_inputs()
+
+    def _reset_rerank_inputs(self) -> None:
+        """Empties what re-ranking keeps during an evaluation: per gallery row its ViT tokens, per query
+        its modification text and (``rerank_with_reference``) its reference image's ViT tokens."""
         self._gallery_tokens: list[torch.Tensor] = []
         self._query_texts: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._query_tokens: list[torch.Tensor] = []
@@ -200,9 +205,9 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
             metric.update_queries(
                 query, batch["query_positive"], batch["query_group"], batch["query_exclude"]
             )
-            if self._reranking() and self.rerank_with_reference:
-                self._query_tokens.extend(reference.detach().cpu().unbind(0))
             if self._reranking():
+                if self.rerank_with_reference:
+                    self._query_tokens.extend(reference.detach().cpu().unbind(0))
                 self._query_texts.extend(
                     (ids[m.bool()].cpu(), m[m.bool()].cpu())
                     for ids, m in zip(batch["input_ids"], batch["attention_mask"], strict=True)
@@ -289,7 +294,7 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
             values = metric.compute_reranked(rescore, self.rerank_top_k)
             self.log_dict({f"{split}/rerank/{k}": v for k, v in values.items()})
-        self._gallery_tokens, self._query_texts, self._query_tokens = [], [], []
+        self._reset_rerank_inputs()
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, self.val_recall)
@@ -299,8 +304,8 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
     def on_validation_epoch_start(self) -> None:
         super().on_validation_epoch_start()
-        self._gallery_tokens, self._query_texts, self._query_tokens = [], [], []
+        self._reset_rerank_inputs()
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
-        self._gallery_tokens, self._query_texts, self._query_tokens = [], [], []
+        self._reset_rerank_inputs()

@@ -12,9 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_vl.losses._dist import gather_no_grad, gather_padded, gather_with_grad, rank
+from fashion_vl.losses._dist import gather_no_grad, gather_with_grad, rank
 from fashion_vl.losses.itc import MultiQueryContrastiveLoss, max_over_queries
-from fashion_vl.losses.itm import QueryItmLoss, mine_negatives, pad_columns
+from fashion_vl.losses.itm import (
+    QueryItmLoss,
+    gathered_texts,
+    mine_negatives,
+    negative_mode,
+    triplet_itm_loss,
+)
 from fashion_vl.losses.objective import output, zero_loss
 from fashion_vl.models.outputs import ComposedEncoding, ImageTextEncoding
 
@@ -116,7 +122,7 @@ class ComposedItmLoss(nn.Module):
 
     def __init__(self, negatives: str = "argmax") -> None:
         super().__init__()
-        self.negatives = QueryItmLoss(negatives).negatives  # validated there
+        self.negatives = negative_mode(negatives)
 
     def forward(
         self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
@@ -126,7 +132,6 @@ class ComposedItmLoss(nn.Module):
                 "composed ITM needs the reference image's tokens (ComposedEncoding.reference_tokens)"
             )
         ids, mask, keys = batch["input_ids"], batch["attention_mask"], batch["target_key"]
-        n = ids.shape[0]
         with torch.no_grad():
             all_keys = gather_no_grad(keys)
             sim_q2t = (
@@ -135,19 +140,8 @@ class ComposedItmLoss(nn.Module):
             sim_t2q = max_over_queries(enc.target_feats, gather_no_grad(enc.composed_feat)) / enc.temperature
             other_target = mine_negatives(sim_q2t, keys, all_keys, self.negatives, generator)
             other_text = mine_negatives(sim_t2q, keys, all_keys, self.negatives, generator)
-            all_ids = gather_padded(ids, pad_value=0)
-            all_mask = gather_padded(mask, pad_value=0)
         all_targets = gather_with_grad(enc.target_tokens)
         own = torch.cat([enc.reference_tokens, enc.target_tokens], dim=1)
         swapped = torch.cat([enc.reference_tokens, all_targets[other_target]], dim=1)
-        length = all_ids.shape[1]
-        pair_ids = torch.cat([pad_columns(ids, length), pad_columns(ids, length), all_ids[other_text]])
-        pair_mask = torch.cat([pad_columns(mask, length), pad_columns(mask, length), all_mask[other_text]])
-        keep = int(pair_mask.sum(dim=1).max())
-        logits = net.qformer.itm_logits(
-            torch.cat([own, swapped, own]), pair_ids[:, :keep], pair_mask[:, :keep]
-        )
-        labels = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(2 * n, dtype=torch.long)])
-        labels = labels.to(ids.device)
-        loss = F.cross_entropy(logits, labels)
-        return output(loss, acc=(logits.argmax(dim=1) == labels).float().mean())
+        pair_tokens = torch.cat([own, swapped, own])
+        return triplet_itm_loss(net, pair_tokens, ids, mask, gathered_texts(ids, mask), other_text)

@@ -100,9 +100,7 @@ def mine_negatives(
     random init can learn from while the hardest ones are captions it cannot yet tell apart).
     A row without any non-positive column (a batch of one product) draws uniformly from all columns.
     """
-    if mode not in NEGATIVE_MODES:
-        raise ValueError(f"ITM negatives must be one of {NEGATIVE_MODES}, not {mode!r}")
-    if mode == "argmax":
+    if negative_mode(mode) == "argmax":
         return hardest_negatives(similarity, query_ids, gallery_ids)
     positive = query_ids[:, None] == gallery_ids[None, :]
     scores = similarity.float() if mode == "sample" else torch.zeros_like(similarity, dtype=torch.float)
@@ -112,8 +110,45 @@ def mine_negatives(
     return drawn.to(similarity.device)
 
 
-def pad_columns(x: torch.Tensor, length: int) -> torch.Tensor:
+def negative_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`NEGATIVE_MODES` (the config's ``negatives``), else a ValueError."""
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"ITM negatives must be one of {NEGATIVE_MODES}, not {mode!r}")
+    return mode
+
+
+def _pad_columns(x: torch.Tensor, length: int) -> torch.Tensor:
     return F.pad(x, (0, length - x.shape[1]), value=0)
+
+
+@torch.no_grad()
+def gathered_texts(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's token ids and attention masks, padded to one length (the negative texts' pool)."""
+    return gather_padded(ids, pad_value=0), gather_padded(mask, pad_value=0)
+
+
+def triplet_itm_loss(
+    net: UniFashion,
+    tokens: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    all_texts: tuple[torch.Tensor, torch.Tensor],
+    negative_text: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The ITM loss over ``3n`` pairs, shared by every Q-Former ITM objective: ``tokens [3n, N, C]`` are
+    the cross-attention inputs of (positive, negative image, negative text); the first two read the
+    batch's own texts (``ids``/``mask``), the third the rows ``negative_text`` of every rank's texts
+    (``all_texts``, :func:`gathered_texts`). Texts trimmed to the longest; CE with labels 1/0/0."""
+    all_ids, all_mask = all_texts
+    n, length = ids.shape[0], all_ids.shape[1]
+    pair_ids = torch.cat([_pad_columns(ids, length), _pad_columns(ids, length), all_ids[negative_text]])
+    pair_mask = torch.cat([_pad_columns(mask, length), _pad_columns(mask, length), all_mask[negative_text]])
+    keep = int(pair_mask.sum(dim=1).max())
+    logits = net.qformer.itm_logits(tokens, pair_ids[:, :keep], pair_mask[:, :keep])
+    labels = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(2 * n, dtype=torch.long)])
+    labels = labels.to(ids.device)
+    loss = F.cross_entropy(logits, labels)
+    return output(loss, acc=(logits.argmax(dim=1) == labels).float().mean())
 
 
 class QueryItmLoss(nn.Module):
@@ -135,15 +170,12 @@ class QueryItmLoss(nn.Module):
 
     def __init__(self, negatives: str = "argmax") -> None:
         super().__init__()
-        if negatives not in NEGATIVE_MODES:
-            raise ValueError(f"ITM negatives must be one of {NEGATIVE_MODES}, not {negatives!r}")
-        self.negatives = negatives
+        self.negatives = negative_mode(negatives)
 
     def forward(
         self, net: UniFashion, enc: ImageTextEncoding, batch: dict, generator: torch.Generator
     ) -> dict[str, torch.Tensor]:
         ids, mask, products = batch["input_ids"], batch["attention_mask"], batch["product_id"]
-        n = ids.shape[0]
         with torch.no_grad():
             temperature = net.qformer.temp.detach()
             all_products = gather_no_grad(products)
@@ -151,17 +183,6 @@ class QueryItmLoss(nn.Module):
             sim_t2i = max_over_queries(gather_no_grad(enc.image_feats), enc.text_feat).T / temperature
             negative_text = mine_negatives(sim_i2t, products, all_products, self.negatives, generator)
             negative_image = mine_negatives(sim_t2i, products, all_products, self.negatives, generator)
-            all_ids = gather_padded(ids, pad_value=0)
-            all_mask = gather_padded(mask, pad_value=0)
         all_tokens = gather_with_grad(enc.image_tokens)
-        length = all_ids.shape[1]
-        pair_ids = torch.cat([pad_columns(ids, length), pad_columns(ids, length), all_ids[negative_text]])
-        pair_mask = torch.cat([pad_columns(mask, length), pad_columns(mask, length), all_mask[negative_text]])
-        keep = int(pair_mask.sum(dim=1).max())
         pair_tokens = torch.cat([enc.image_tokens, all_tokens[negative_image], enc.image_tokens])
-        logits = net.qformer.itm_logits(pair_tokens, pair_ids[:, :keep], pair_mask[:, :keep])
-        labels = torch.cat([torch.ones(n, dtype=torch.long), torch.zeros(2 * n, dtype=torch.long)]).to(
-            ids.device
-        )
-        loss = F.cross_entropy(logits, labels)
-        return output(loss, acc=(logits.argmax(dim=1) == labels).float().mean())
+        return triplet_itm_loss(net, pair_tokens, ids, mask, gathered_texts(ids, mask), negative_text)
