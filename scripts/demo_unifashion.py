@@ -10,8 +10,10 @@ before and after training.
   gallery size per category) and the untrained model.
 
 Checks (the script exits non-zero when one fails): trained BLEU-4 and CIDEr above the untrained model's;
-trained R@10 above chance and the untrained model's; re-ranked R@10 not below the ITC ranking's. The
-caption-attribute shares are stated, not gated.
+trained R@10 above chance and the untrained model's; re-ranking not worse than the ITC ranking
+(:func:`rerank_worse`: a lower re-ranked R@10 fails only when the paired sign test over the queries whose
+top-10 hit changed says so, p < 0.05; one query is 0.56 points, and at this scale the ITM head moves a
+handful of queries either way from run to run). The caption-attribute shares are stated, not gated.
 
 Usage (what ``make demo-unifashion`` runs):
   python scripts/demo_unifashion.py --data data/synthetic --data-seed 0 --logs logs/demo_unifashion
@@ -34,10 +36,23 @@ from demo_runs import metrics, run_dir, run_once
 from fashion_vl.data.composed import fashioniq_eval_items
 from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES
 from fashion_vl.metrics.caption_attributes import caption_attribute_shares
-from fashion_vl.metrics.composed import chance_group_recall
+from fashion_vl.metrics.composed import chance_group_recall, sign_test_worse
 from fashion_vl.utils.rich_utils import print_table, results_table
 
 NEEDED = {"fashiongen", "fashioniq"}  # what the two phases read (FashionIQ includes Fashion-IQ-Cap)
+ALPHA = 0.05  # the sign test's level for "re-ranking is worse"
+
+
+def rerank_worse(itc: float, reranked: float, gained: int, lost: int, alpha: float = ALPHA) -> str | None:
+    """Why re-ranking counts as worse than the ITC ranking, or None: its recall is lower *and* the
+    queries it dropped from the top K outnumber those it brought in beyond chance (one-sided exact sign
+    test, :func:`~fashion_vl.metrics.composed.sign_test_worse`, p < ``alpha``)."""
+    if reranked >= itc:
+        return None
+    p = sign_test_worse(gained, lost)
+    if p >= alpha:
+        return None
+    return f"ITM re-ranking lowers FashionIQ R@10 ({itc:.2f} -> {reranked:.2f}; {lost} queries lost, {gained} gained, sign test p={p:.3g})"
 
 
 def fashioniq_chance(data: Path, k: int = 10) -> float:
@@ -73,7 +88,7 @@ def main() -> None:
         synth = ["fvl-data", "synth", "--out", str(data), "--size", "small", "--seed", str(args.data_seed)]
         subprocess.check_call([*synth, "--skip-existing"])
     logs.mkdir(parents=True, exist_ok=True)
-    # the same seed for both phases: the frozen random ViT phase 2 builds must be the one phase 1 read
+    # one seed for both phases (phase 2 loads phase 1's frozen random ViT with its Q-Former either way)
     common = [f"paths.data_dir={data}", f"seed={args.seed}"]
 
     def run(tool: str, run_args: list[str]) -> None:
@@ -131,10 +146,17 @@ def main() -> None:
             failures.append(f"captioning {what} not above the untrained model's")
     if not r1["test/mean_r@10"] > max(chance, r0["test/mean_r@10"]):
         failures.append("FashionIQ R@10 not above chance and the untrained model")
-    if r1["test/rerank/mean_r@10"] < r1["test/mean_r@10"]:
-        failures.append("ITM re-ranking lowers FashionIQ R@10")
+    gained, lost = int(r1["test/rerank/gained_r@10"]), int(r1["test/rerank/lost_r@10"])
+    print(
+        f"re-ranking, top 10: {gained} queries gained, {lost} lost "
+        f"(one-sided sign test that it is worse: p={sign_test_worse(gained, lost):.3g})"
+    )
+    worse = rerank_worse(r1["test/mean_r@10"], r1["test/rerank/mean_r@10"], gained, lost)
+    if worse:
+        failures.append(worse)
     payload = {
         "rows": rows, "examples": examples, "failures": failures,
+        "rerank_top10_changes": {"gained": gained, "lost": lost, "sign_test_p_worse": sign_test_worse(gained, lost)},
         "caption_shares": {name: vars(s) for name, s in shares.items()},
         "settings": vars(args) | {"data": str(data), "logs": str(logs)},
     }  # fmt: skip

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from fashion_vl.losses import ContrastiveLoss
+from tests.helpers.ports import free_port
 
 
 def naive_infonce(a: torch.Tensor, b: torch.Tensor, symmetric: bool) -> torch.Tensor:
@@ -36,12 +36,6 @@ def test_matches_naive_reference(symmetric: bool) -> None:
 def test_perfect_alignment_gives_low_loss() -> None:
     a = 16 * F.normalize(torch.eye(4), dim=1)
     assert ContrastiveLoss()(a, a) < 1e-3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(
@@ -81,7 +75,7 @@ def test_ddp_gather_matches_single_process_on_concatenated_batch() -> None:
     reference.backward()
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(_worker, args=(2, _free_port(), a, b, weight, out), nprocs=2, start_method="spawn")
+        mp.start_processes(_worker, args=(2, free_port(), a, b, weight, out), nprocs=2, start_method="spawn")
         loss, grad = out["loss"], out["grad"]
     assert torch.allclose(loss, reference.detach(), atol=1e-6)
     assert torch.allclose(grad, single.weight.grad, atol=1e-6)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import socket
 
 import pytest
 import torch
@@ -20,6 +19,7 @@ from fashion_vl.lit.pretrain import REFERENCE_TASK_WEIGHTS, PretrainModule, Task
 from fashion_vl.losses.itm import hardest_negatives, pair_texts
 from fashion_vl.losses.mvc import dropout_positions
 from fashion_vl.losses.pac import soft_cross_entropy
+from tests.helpers.ports import free_port
 from tests.test_models import tiny_fashionvil
 
 
@@ -85,12 +85,6 @@ def test_pair_texts_swaps_only_where_asked() -> None:
     assert torch.equal(pair_ids, ids)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mining_worker(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -118,7 +112,7 @@ def _mining_worker(rank: int, port: int, out: dict) -> None:
 def test_itm_mines_hard_negatives_over_the_global_batch() -> None:
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.start_processes(_mining_worker, args=(_free_port(), out), nprocs=2, start_method="spawn")
+        mp.start_processes(_mining_worker, args=(free_port(), out), nprocs=2, start_method="spawn")
         result = dict(out)
     # rank 0, image 0: its hardest negative is product 3's text, held by rank 1;
     # image 1 scores 0 against every other text: the tie goes to the lowest index, product 0's (padded)

@@ -22,6 +22,7 @@ from fashion_vl.losses.itc import max_over_queries
 from fashion_vl.losses.itm import mine_negatives
 from fashion_vl.metrics.captioning import caption_scores, meteor, tokenize
 from fashion_vl.metrics.retrieval import best_positive_ranks, sample100_recall
+from fashion_vl.models.checkpoint import CheckpointMismatchError
 from fashion_vl.models.outputs import ImageTextEncoding
 from fashion_vl.models.unifashion import FrozenViT, LanguageModel, UniFashion, build_qformer
 from fashion_vl.optim import param_groups
@@ -211,6 +212,80 @@ def test_mismatched_checkpoint_is_a_clear_error() -> None:
     state["unknown.weight"] = torch.zeros(1)
     with pytest.raises(RuntimeError, match=r"missing \['itm_head.weight'\].*unexpected \['unknown.weight'\]"):
         ours.load_blip2_state_dict(state)
+
+
+def tiny_vit(seed: int, **kwargs) -> FrozenViT:
+    torch.manual_seed(seed)
+    return FrozenViT("eva_giant_patch14_clip_224", img_size=28, patch_size=14, embed_dim=32, depth=1,
+                     num_heads=2, mlp_ratio=2.0, **kwargs)  # fmt: skip
+
+
+def test_frozen_vit_takes_the_phase1_runs_weights_whatever_the_seed(tmp_path: Path) -> None:
+    phase1 = tiny_vit(seed=0)
+    ckpt = tmp_path / "phase1.ckpt"
+    state = {f"net.image_encoder.{k}": v for k, v in phase1.state_dict().items()}
+    torch.save({"state_dict": {**state, "net.qformer.query_tokens": torch.zeros(1, 8, 64)}}, ckpt)
+    assert not torch.equal(tiny_vit(seed=1).trunk.pos_embed, phase1.trunk.pos_embed)  # the trap
+    loaded = tiny_vit(seed=1, init_from=str(ckpt))
+    for (name, a), b in zip(phase1.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_frozen_vit_stays_as_built_from_a_checkpoint_without_vit_weights(tmp_path: Path) -> None:
+    ckpt = tmp_path / "converted.pth"
+    torch.save({"query_tokens": torch.zeros(1, 8, 64)}, ckpt)  # a converted Q-Former: no ViT inside
+    built = tiny_vit(seed=3)
+    loaded = tiny_vit(seed=3, init_from=str(ckpt))
+    assert torch.equal(built.trunk.pos_embed, loaded.trunk.pos_embed)
+
+
+def test_frozen_vit_from_a_run_at_another_image_size_resamples_the_position_grid(tmp_path: Path) -> None:
+    """The try-on demo reads 64 px, phase 1 112 px: the run's ViT is loaded with its position embeddings
+    interpolated to this grid (LAVIS's ``interpolate_pos_embed``), every other weight as is."""
+    from timm.layers import resample_abs_pos_embed
+
+    phase1 = tiny_vit(seed=0)  # 28 px, patch 14: a 2x2 grid
+    ckpt = tmp_path / "phase1.ckpt"
+    torch.save({"state_dict": {f"net.image_encoder.{k}": v for k, v in phase1.state_dict().items()}}, ckpt)
+    torch.manual_seed(1)
+    larger = FrozenViT("eva_giant_patch14_clip_224", img_size=56, patch_size=14, embed_dim=32, depth=1,
+                       num_heads=2, mlp_ratio=2.0, init_from=str(ckpt))  # fmt: skip
+    assert larger.trunk.pos_embed.shape == (1, 1 + 16, 32)
+    expected = resample_abs_pos_embed(phase1.trunk.pos_embed, [4, 4], [2, 2], num_prefix_tokens=1)
+    torch.testing.assert_close(larger.trunk.pos_embed, expected)
+    torch.testing.assert_close(larger.trunk.pos_embed[:, 0], phase1.trunk.pos_embed[:, 0])  # [CLS] kept
+    assert torch.equal(larger.trunk.patch_embed.proj.weight, phase1.trunk.patch_embed.proj.weight)
+    assert larger(torch.randn(1, 3, 56, 56)).shape == (1, 17, 32)
+
+
+def test_frozen_vit_from_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    other = FrozenViT("eva_giant_patch14_clip_224", img_size=28, patch_size=14, embed_dim=16, depth=1,
+                      num_heads=2, mlp_ratio=2.0)  # fmt: skip
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {f"net.image_encoder.{k}": v for k, v in other.state_dict().items()}}, ckpt)
+    with pytest.raises(CheckpointMismatchError, match=r"(?s)frozen image encoder.*shape mismatches"):
+        tiny_vit(seed=0, init_from=str(ckpt))
+
+
+@pytest.mark.parametrize(
+    ("experiment", "vit_key", "qformer_key"),
+    [
+        ("demo_unifashion_phase2", "model.image_encoder", "model.qformer"),
+        ("unifashion_phase2_fashioniq", "model.image_encoder", "model.qformer"),
+        ("demo_unifashion_phase2_tryon", "model.query_encoder.unifashion.image_encoder",
+         "model.query_encoder.unifashion.qformer"),
+    ],
+)  # fmt: skip
+def test_phase2_configs_take_the_vit_from_the_qformers_run(
+    tmp_path: Path, experiment: str, vit_key: str, qformer_key: str
+) -> None:
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(
+        "train", [f"experiment={experiment}", f"{qformer_key}.init_from=/runs/p1.ckpt"], tmp_path
+    )
+    assert OmegaConf.select(cfg, f"{vit_key}.init_from") == "/runs/p1.ckpt"
 
 
 def test_itc_max_over_queries_equals_a_brute_force_loop() -> None:

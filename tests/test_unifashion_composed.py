@@ -4,11 +4,16 @@ target feature, the objectives, re-ranking within the ITC top K, the Fashion-IQ-
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
+import math
+import os
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from hydra.core.global_hydra import GlobalHydra
 
@@ -21,6 +26,7 @@ from fashion_vl.losses.composed import masked_contrastive
 from fashion_vl.metrics.composed import ComposedGalleryRecall, chance_group_recall
 from fashion_vl.models.unifashion import FrozenViT, UniFashion, build_qformer
 from tests.conftest import compose_config
+from tests.helpers.ports import free_port
 
 QFORMER = dict(
     vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -136,7 +142,31 @@ def test_reranking_only_reorders_within_the_itc_top_k() -> None:
     assert seen[0].tolist() == [[0, 1, 2, 3], [0, 1, 2, 3]]  # only the ITC top 4 are re-scored
     # query 0's positive (ITC rank 3) is in the top 4 and goes first; query 1's (rank 7) keeps rank 7
     assert reranked["all_r@1"] == 50.0 and reranked["all_r@3"] == 50.0
-    assert metric.compute_reranked(lambda q, g: torch.zeros(g.shape), top_k=4)["all_r@3"] == 0.0  # ties
+    # the paired view: query 0 enters the top 1 (rank 3 -> 1) and was in the top 3 already
+    assert (reranked["gained_r@1"], reranked["lost_r@1"]) == (1.0, 0.0)
+    assert (reranked["gained_r@3"], reranked["lost_r@3"]) == (0.0, 0.0)
+    tied = metric.compute_reranked(lambda q, g: torch.zeros(g.shape), top_k=4)
+    assert tied["all_r@3"] == 0.0  # ties count against the query: query 0 drops to rank 4
+    assert (tied["gained_r@3"], tied["lost_r@3"]) == (0.0, 1.0)
+
+
+def test_sign_test_reads_a_reranking_change_against_chance(monkeypatch) -> None:
+    from fashion_vl.metrics.composed import sign_test_worse
+
+    assert sign_test_worse(0, 0) == 1.0
+    assert sign_test_worse(0, 3) == pytest.approx(1 / 8)  # three coin flips all "lost"
+    assert sign_test_worse(3, 0) == 1.0
+    assert sign_test_worse(2, 5) == pytest.approx(sum(math.comb(7, i) for i in range(5, 8)) / 2**7)
+    # the phase-2 demo's gate: lower recall fails only when the sign test says so
+    script = Path(__file__).resolve().parents[1] / "scripts"
+    monkeypatch.syspath_prepend(str(script))  # the script imports its sibling demo_runs
+    spec = importlib.util.spec_from_file_location("demo_unifashion", script / "demo_unifashion.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.rerank_worse(80.56, 81.11, gained=3, lost=2) is None  # better
+    assert demo.rerank_worse(80.56, 78.33, gained=2, lost=6) is None  # 4 queries down: p = 0.14
+    # the ITM head alone on the demo checkpoint (docs/tasks.md): 10 gained, 49 lost
+    assert "sign test p=" in demo.rerank_worse(80.56, 58.89, gained=10, lost=49)
 
 
 def write_cap(root: Path, entries: list) -> Path:
@@ -450,3 +480,71 @@ def test_phase2_itm_negatives_skip_same_target_copies_and_follow_the_step_genera
         assert len(distinct) == 1  # the hardest negative: no draw
     else:
         assert len(distinct) > 1  # sampled, not the argmax in disguise
+
+
+def _rerank_module(top_k: int = 3):
+    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.losses.composed import ComposedItcLoss
+
+    return UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss()}, {"itc": 1.0},
+                                    optimizer=torch.optim.AdamW, rerank_top_k=top_k)  # fmt: skip
+
+
+def _eval_batch(rows: list[int], gallery_rows: list[int]) -> dict:
+    """Queries ``rows`` and gallery rows ``gallery_rows`` of one fixed evaluation set: 6 queries and 7
+    gallery images in 2 groups; query q's positive is gallery key q."""
+    g = torch.Generator().manual_seed(0)
+    images, gallery_images = torch.randn(6, 3, 28, 28, generator=g), torch.randn(7, 3, 28, 28, generator=g)
+    ids = torch.randint(5, 200, (6, 5), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::2, 3:] = 0
+    q, r = torch.tensor(rows), torch.tensor(gallery_rows)
+    return {
+        "query_image": images[q], "input_ids": ids[q], "attention_mask": mask[q],
+        "query_positive": q, "query_group": q % 2, "query_exclude": torch.full_like(q, -1),
+        "gallery_image": gallery_images[r], "gallery_key": r, "gallery_positive": r, "gallery_group": r % 2,
+    }  # fmt: skip
+
+
+def _run_rerank(module, batch: dict) -> tuple[dict, list[torch.Tensor]]:
+    logged, scores = {}, []
+    module.log_dict = lambda values, **kw: logged.update(values)
+    rerank_scores = module.rerank_scores
+    module.rerank_scores = lambda *a: scores.append(rerank_scores(*a)) or scores[-1]
+    module.on_test_epoch_start()
+    with torch.no_grad():
+        module.test_step(batch, 0)
+    module.on_test_epoch_end()
+    return logged, scores
+
+
+def _rerank_worker(rank: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # the sampler's shards: rank r takes every 2nd query and gallery image from r (uneven: 4 and 3)
+        batch = _eval_batch(list(range(rank, 6, 2)), list(range(rank, 7, 2)))
+        logged, scores = _run_rerank(_rerank_module(), batch)
+        out[rank] = ({k: float(v) for k, v in logged.items()}, [s.tolist() for s in scores])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_reranking_gives_the_single_process_figures() -> None:
+    """Re-ranking under DDP (2 gloo processes, uneven shards): each rank scores the candidates it
+    encoded, and the ITM scores and every logged figure equal one process's over all the data (fed in
+    the ranks' order, so candidate indices coincide)."""
+    single, single_scores = _run_rerank(
+        _rerank_module(), _eval_batch([0, 2, 4, 1, 3, 5], [0, 2, 4, 6, 1, 3, 5])
+    )
+    assert "test/rerank/avg" in single and single_scores
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.start_processes(_rerank_worker, args=(free_port(), out), nprocs=2, start_method="spawn")
+        result = dict(out)
+    for rank in (0, 1):
+        logged, scores = result[rank]
+        assert logged.keys() == single.keys()
+        for key, value in single.items():
+            assert logged[key] == pytest.approx(float(value), abs=1e-4), key
+        torch.testing.assert_close(torch.tensor(scores), torch.stack(single_scores), atol=1e-5, rtol=1e-5)

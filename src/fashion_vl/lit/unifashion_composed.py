@@ -100,8 +100,10 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
     The ITM re-scores (candidate target image, modification text) pairs, the query's only text at test
     time; with ``rerank_with_reference``, (reference image + candidate, modification text). Re-ranking
-    keeps every gallery image's ViT tokens (on CPU, in the ViT's dtype) until the end of the evaluation
-    and runs in a single process; under DDP it is skipped with a warning.
+    keeps every gallery image's ViT tokens (on CPU, in the ViT's dtype) until the end of the evaluation.
+    Under DDP each rank keeps its own gallery rows' tokens and scores the candidates among them (query
+    texts are shared, scores summed: the figures of one process); ``rerank_with_reference`` runs in a
+    single process only, and under DDP it is skipped with a warning.
     """
 
     no_decay_below_2d = True  # LAVIS's weight-decay exemptions (optim.param_groups)
@@ -171,6 +173,7 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
         self._gallery_tokens: list[torch.Tensor] = []
         self._query_texts: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._query_tokens: list[torch.Tensor] = []
+        self._gallery_offset = 0  # where this rank's gallery rows start among every rank's (DDP)
 
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])
@@ -196,7 +199,10 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
 
     # ----------------------------------------------------------------------------------- evaluation
     def _reranking(self) -> bool:
-        return self.rerank_top_k > 0 and world_size() == 1
+        """Whether this evaluation re-ranks (and keeps what that reads): not with ``rerank_top_k: 0``,
+        nor under DDP with ``rerank_with_reference`` (each pair would need the reference's tokens from
+        the query's rank and the candidate's from another)."""
+        return self.rerank_top_k > 0 and not (self.rerank_with_reference and world_size() > 1)
 
     def _evaluate(self, batch: dict, metric: ComposedGalleryRecall) -> None:
         if batch["query_image"].numel():
@@ -233,9 +239,18 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
     def itm_rescore(self, query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
         """ITM match scores ``[n, k]`` (``rerank_itm_score``: the match-class logit or its probability) of
         (candidate target image, query's modification text) pairs; indices in the order the evaluation saw
-        queries and gallery images."""
-        pairs = [(int(q), int(g)) for q, row in zip(query_index, gallery_index, strict=True) for g in row]
-        scores = []
+        queries and gallery images (every rank's, rank after rank, under DDP).
+
+        Under DDP each rank scores the pairs whose candidate it encoded (its gallery rows' ViT tokens never
+        leave it) and the scores are summed across ranks: every pair is scored once, by its owner. Every
+        rank must call this with the same indices (:meth:`_log_recall` does)."""
+        n_local = len(self._gallery_tokens)
+        flat = gallery_index.reshape(-1)
+        local = (flat >= self._gallery_offset) & (flat < self._gallery_offset + n_local)
+        positions = local.nonzero().squeeze(1)
+        queries = query_index.repeat_interleave(gallery_index.shape[1])
+        pairs = [(int(queries[i]), int(flat[i]) - self._gallery_offset) for i in positions]
+        scores = torch.zeros(flat.shape[0])
         device, dtype = self.device, self.net.qformer.query_tokens.dtype
         # outside the step hooks: run under the trainer's precision (bf16 autocast) ourselves
         context = (
@@ -258,8 +273,25 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
                 logits = logits.float()
                 if self.rerank_itm_score == "probability":
                     logits = logits.softmax(dim=-1)
-                scores.append(logits[:, 1].cpu())
-        return torch.cat(scores).view(gallery_index.shape)
+                scores[positions[start : start + len(chunk)]] = logits[:, 1].cpu()
+        if world_size() > 1:
+            summed = scores.to(device)
+            torch.distributed.all_reduce(summed)
+            scores = summed.cpu()
+        return scores.view(gallery_index.shape)
+
+    def _share_rerank_inputs(self) -> None:
+        """Under DDP: every rank's query texts, in rank order (the order of the synced metric's
+        queries), and where this rank's gallery rows start among every rank's."""
+        self._gallery_offset = 0
+        if world_size() == 1:
+            return
+        counts: list[Any] = [None] * world_size()
+        torch.distributed.all_gather_object(counts, len(self._gallery_tokens))
+        self._gallery_offset = sum(counts[: rank()])
+        texts: list[Any] = [None] * world_size()
+        torch.distributed.all_gather_object(texts, self._query_texts)
+        self._query_texts = [pair for part in texts for pair in part]
 
     @torch.no_grad()
     def rerank_scores(
@@ -283,16 +315,23 @@ class UniFashionComposedModule(WeightedObjectives, OneCycleFromRun, SplitRecallH
     def _log_recall(self, split: str) -> None:
         super()._log_recall(split)
         metric = getattr(self, f"{split}_recall")
-        if self.rerank_top_k > 0 and world_size() > 1 and rank() == 0:
-            warnings.warn("UniFashion ITM re-ranking runs in a single process only: skipped", stacklevel=1)
+        if self.rerank_top_k > 0 and not self._reranking() and rank() == 0:
+            warnings.warn(
+                "UniFashion ITM re-ranking with lit.rerank_with_reference runs in a single process only: "
+                "skipped",
+                stacklevel=1,
+            )
         if self._reranking():
-            gallery = dim_zero_cat(metric.gallery_emb)  # update order, as the indices rescore gets
-            queries = dim_zero_cat(metric.query_emb)
+            # every rank's queries and gallery (rank after rank), on every rank: the same top K everywhere
+            with metric.sync_context(should_sync=world_size() > 1):
+                gallery = dim_zero_cat(metric.gallery_emb)  # update order, as the indices rescore gets
+                queries = dim_zero_cat(metric.query_emb)
+                self._share_rerank_inputs()
 
-            def rescore(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
-                return self.rerank_scores(queries, gallery, query_index, gallery_index)
+                def rescore(query_index: torch.Tensor, gallery_index: torch.Tensor) -> torch.Tensor:
+                    return self.rerank_scores(queries, gallery, query_index, gallery_index)
 
-            values = metric.compute_reranked(rescore, self.rerank_top_k)
+                values = metric.compute_reranked(rescore, self.rerank_top_k)
             self.log_dict({f"{split}/rerank/{k}": v for k, v in values.items()})
         self._reset_rerank_inputs()
 

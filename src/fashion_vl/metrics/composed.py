@@ -19,6 +19,11 @@ from fashion_vl.metrics.gallery import unique_rows
 from fashion_vl.metrics.retrieval import best_positive_ranks, recall_from_ranks, similarity
 
 
+def _seen(state: list[Tensor] | Tensor) -> bool:
+    """Whether a ``cat`` state holds rows: a list of updates, or one tensor once synced across ranks."""
+    return bool(state.numel()) if isinstance(state, Tensor) else bool(state)
+
+
 class ComposedGalleryRecall(Metric):
     """Recall@K of composed queries against a deduplicated gallery, per group and averaged.
 
@@ -86,7 +91,7 @@ class ComposedGalleryRecall(Metric):
 
     def _prepared(self) -> dict[str, Tensor]:
         """The epoch's queries and deduplicated gallery; ``keep`` maps gallery rows to update order."""
-        if not self.query_emb or not self.gallery_emb:
+        if not (_seen(self.query_emb) and _seen(self.gallery_emb)):
             raise ValueError("composed retrieval: no queries or no gallery items were seen")
         keep = unique_rows(dim_zero_cat(self.gallery_key))
         g_key = dim_zero_cat(self.gallery_key)[keep]
@@ -130,6 +135,10 @@ class ComposedGalleryRecall(Metric):
         the top K (items below keep their places, so a positive outside the top K keeps its rank, at least
         K + 1). Ties among the new scores are counted against the query, as in :meth:`compute`.
 
+        Next to the recalls, ``gained_r@K`` and ``lost_r@K`` count the queries whose positive enters or
+        leaves the top K through re-ranking (over all queries): the paired view of the change, which says
+        whether a difference of a query or two is more than chance (:func:`sign_test_worse`).
+
         Args:
             rescore: ``(query_index [n], gallery_index [n, k]) -> scores [n, k]``; indices count the
                 queries and gallery rows in the order they were passed to the update methods (this
@@ -139,7 +148,7 @@ class ComposedGalleryRecall(Metric):
         p = self._prepared()
         q_emb, g_emb = p["q_emb"], p["g_emb"]
         miss = g_emb.shape[0] + 1
-        ranks = []
+        ranks, before = [], []
         for start in range(0, q_emb.shape[0], chunk_size):
             rows = torch.arange(start, min(start + chunk_size, q_emb.shape[0]), device=q_emb.device)
             scores = similarity(q_emb[rows], g_emb).float()  # [c, G]
@@ -159,7 +168,14 @@ class ComposedGalleryRecall(Metric):
             above = ((new >= new_best) & in_top & ~top_positive).sum(dim=1) + 1
             rank = torch.where(top_positive.any(dim=1), above, itc_rank.clamp_min(k + 1))
             ranks.append(torch.where(positive.any(dim=1), rank, torch.full_like(rank, miss)))
-        return self._recall(torch.cat(ranks), p["q_group"])
+            before.append(torch.where(positive.any(dim=1), itc_rank, torch.full_like(itc_rank, miss)))
+        ranks_after, ranks_before = torch.cat(ranks), torch.cat(before)
+        out = self._recall(ranks_after, p["q_group"])
+        for k in self.ks:
+            hit_after, hit_before = ranks_after <= k, ranks_before <= k
+            out[f"gained_r@{k}"] = float((hit_after & ~hit_before).sum())
+            out[f"lost_r@{k}"] = float((hit_before & ~hit_after).sum())
+        return out
 
     def _recall(self, ranks: Tensor, q_group: Tensor) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -196,3 +212,15 @@ def chance_group_recall(gallery: Sequence[tuple[int, int]], k: int) -> float:
     if not keys:
         raise ValueError("chance recall of an empty gallery")
     return sum(100.0 * min(1.0, k / len(v)) for v in keys.values()) / len(keys)
+
+
+def sign_test_worse(gained: int, lost: int) -> float:
+    """One-sided p-value that a re-ranking lowers recall, from the queries whose hit changed
+    (``gained_r@K``, ``lost_r@K`` of :meth:`ComposedGalleryRecall.compute_reranked`): the exact binomial
+    (sign) test of ``lost`` successes in ``gained + lost`` fair draws. 1.0 when nothing changed."""
+    from scipy.stats import binomtest
+
+    changed = int(gained) + int(lost)
+    if changed == 0:
+        return 1.0
+    return float(binomtest(int(lost), changed, 0.5, alternative="greater").pvalue)

@@ -36,8 +36,12 @@ def load_from_checkpoint(
     prefix: str | Sequence[str] = "",
     exclude: Sequence[str] = (),
     what: str = "model",
+    state: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Load ``module`` from the keys of ``path`` that start with ``prefix`` (stripped).
+
+    ``state``: the checkpoint's tensors when the caller has read them already (:func:`read_state_dict`);
+    ``path`` then only names them in errors.
 
     ``prefix`` may be a list of candidates: the first one some key starts with is used (e.g.
     ``["net.", ""]`` reads a Lightning checkpoint of a task or a plain state dict of the module).
@@ -47,7 +51,8 @@ def load_from_checkpoint(
     from the checkpoint, or left over under ``prefix``, raises :class:`CheckpointMismatchError` naming
     the keys, and nothing is loaded.
     """
-    state = read_state_dict(path)
+    if state is None:
+        state = read_state_dict(path)
     if not isinstance(prefix, str):
         prefix = next((p for p in prefix if any(k.startswith(p) for k in state)), prefix[0])
     selected = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
