@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_vl.models.checkpoint import CheckpointMismatchError, load_from_checkpoint
+from fashion_vl.models.checkpoint import CheckpointMismatchError, load_from_checkpoint, read_state_dict
 from fashion_vl.models.encoders.image import GridImageEncoder
 from fashion_vl.models.encoders.text import build_bert
 from fashion_vl.models.fashionvil import FashionViL
@@ -74,3 +74,13 @@ def test_nothing_under_the_prefix_says_what_the_file_has(tmp_path: Path) -> None
         load_from_checkpoint(tiny_fashionvil(), tmp_path / "other.ckpt", prefix="net.")
     with pytest.raises(FileNotFoundError, match="init_from"):
         tiny(init_from=str(tmp_path / "none.ckpt"))
+
+
+def test_state_dicts_read_memory_mapped_and_from_legacy_files(tmp_path: Path) -> None:
+    """The zip format is mapped (each part of a model reads its keys from one large checkpoint); a
+    pre-zip file, which cannot be mapped, is read whole."""
+    zipped, legacy = tmp_path / "run.ckpt", tmp_path / "legacy.pth"
+    torch.save({"state_dict": {"net.x": torch.arange(4.0)}}, zipped)
+    torch.save({"x": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(read_state_dict(zipped)["net.x"], torch.arange(4.0))
+    assert torch.equal(read_state_dict(legacy)["x"], torch.ones(2))
