@@ -9,10 +9,11 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import Logger
 from omegaconf import open_dict
 
-from fashion_vl.cli._run import instantiate_list
+from fashion_vl.cli._run import instantiate_list, trainer_callbacks
 from tests.conftest import TINY_TRAIN, compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -88,6 +89,17 @@ def test_trainer_configs_instantiate(trainer: str, tmp_path: Path) -> None:
 def test_callback_configs_instantiate(callbacks: str, tmp_path: Path) -> None:
     cfg = compose_config("train", [f"callbacks={callbacks}"], tmp_path)
     assert all(isinstance(c, Callback) for c in instantiate_list(cfg.callbacks, "callbacks"))
+
+
+@pytest.mark.parametrize("bar", [True, False])
+def test_trainer_enable_progress_bar_false_drops_the_bar_callback(bar: bool, tmp_path: Path) -> None:
+    """``trainer.enable_progress_bar=false`` alone must build a Trainer: Lightning refuses one with a
+    progress-bar callback then, and the default callbacks group holds one."""
+    cfg = compose_config("train", [f"trainer.enable_progress_bar={bar}"], tmp_path)
+    callbacks = trainer_callbacks(cfg)
+    assert any(isinstance(c, ProgressBar) for c in callbacks) is bar
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False)
+    assert any(isinstance(c, ProgressBar) for c in trainer.callbacks) is bar
 
 
 @pytest.mark.parametrize("logger", [o for o in options("logger") if o not in ("wandb", "many")])

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from fashion_vl.data.datamodules import ProductDataModule
 from fashion_vl.data.garment_labels import (
     GARMENT_VOCABS,
     GarmentLabelCollator,
@@ -283,9 +284,11 @@ def test_garment_labels_from_records_and_prompts() -> None:
     assert set(GARMENT_VOCABS) == {"colour", "category", "pattern"}
 
 
+@pytest.mark.parametrize("module", ["garments", "products"])
 @pytest.mark.parametrize("first_only", [False, True])
-def test_garment_data_train_first_image(tmp_path: Path, first_only: bool) -> None:
-    """``train_first_image`` trains on every product's first image only; the source's table is kept."""
+def test_train_first_image(tmp_path: Path, first_only: bool, module: str) -> None:
+    """``train_first_image`` trains on every product's first image only, in the attribute judge's
+    DataModule and in the image-text one the generation demo trains on; the source's table is kept."""
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # image i of every product is colour i
     for i, c in enumerate(colours):
         Image.new("RGB", (8, 8), c).save(tmp_path / f"{i}.png")
@@ -294,9 +297,11 @@ def test_garment_data_train_first_image(tmp_path: Path, first_only: bool) -> Non
     table.products = [Product(p, images, "Red wool coat") for p in range(4)]
     source = mock.Mock(read=mock.Mock(return_value=table))
     transform = resize_crop(train=False, size=4, resize=4, mean=(0, 0, 0), std=(1, 1, 1))
-    dm = GarmentLabelDataModule(
-        train_source=source, train_first_image=first_only, train_transform=transform, eval_transform=transform
-    )
+    common = {"train_first_image": first_only, "train_transform": transform, "eval_transform": transform}
+    if module == "garments":
+        dm = GarmentLabelDataModule(train_source=source, **common)
+    else:
+        dm = ProductDataModule(train_sources={"fashiongen": source}, tokenizer="unused", **common)
     dm.setup("fit")
     drawn = {int(dm.train_set[SampleKey(k % 4, k)]["image"][:, 0, 0].argmax()) for k in range(40)}
     assert drawn == ({0} if first_only else {0, 1, 2})

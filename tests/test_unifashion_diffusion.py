@@ -146,8 +146,17 @@ def test_guidance_at_scale_one_is_the_conditional_prediction(tokenizer_dir: str)
             branch.guided_noise(latents, t, cond, uncond, 1.0), eps_c, rtol=1e-5, atol=1e-5
         )
         guided = branch.guided_noise(latents, t, cond, uncond, 3.0)
+        rescaled = branch.guided_noise(latents, t, cond, uncond, 3.0, guidance_rescale=1.0)
+        half = branch.guided_noise(latents, t, cond, uncond, 3.0, guidance_rescale=0.5)
     torch.testing.assert_close(guided, eps_u + 3.0 * (eps_c - eps_u), rtol=1e-4, atol=1e-5)
     assert not torch.allclose(guided, eps_c)
+    # Rescaled guidance (phi = 1): the guided direction with the conditional prediction's per-sample std;
+    # phi mixes it with the plain guided prediction.
+    std = lambda x: x.flatten(1).std(dim=1)  # noqa: E731
+    torch.testing.assert_close(std(rescaled), std(eps_c), rtol=1e-4, atol=1e-6)
+    ratio = (std(eps_c) / std(guided)).view(-1, 1, 1, 1)
+    torch.testing.assert_close(rescaled, guided * ratio, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(half, 0.5 * (guided + rescaled), rtol=1e-4, atol=1e-6)
 
 
 def test_ddim_sampling_is_deterministic_for_a_seed(tokenizer_dir: str) -> None:
@@ -215,6 +224,28 @@ def test_dropped_conditions_train_without_the_queries(tokenizer_dir: str) -> Non
         queries(seed=5), images, PROMPTS, torch.Generator().manual_seed(0), condition_drop=1.0
     )
     torch.testing.assert_close(same, other)  # no query reaches the UNet
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weighting_follows_its_formula(tokenizer_dir: str, prediction: str) -> None:
+    """``snr_gamma``: per-sample MSE x min(SNR, gamma) / SNR (epsilon) or / (SNR + 1) (velocity), with
+    SNR_t = abar_t / (1 - abar_t); ``None`` is the plain MSE."""
+    branch = tiny_branch(tokenizer_dir)
+    branch.noise_scheduler.register_to_config(prediction_type=prediction)
+    g = torch.Generator().manual_seed(0)
+    latents, noise, pred = (torch.randn(2, 4, 4, 4, generator=g) for _ in range(3))
+    timesteps = torch.tensor([10, 900])  # SD's schedule: SNR ~ 240 and ~ 0.05, either side of gamma = 5
+    target = branch.noise_target(latents, noise, timesteps)
+    per_sample = ((pred - target) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(branch.denoising_loss(pred, latents, noise, timesteps), per_sample.mean())
+    abar = branch.noise_scheduler.alphas_cumprod[timesteps]
+    snr = abar / (1 - abar)
+    assert snr[0] > 5 > snr[1]
+    weight = torch.minimum(snr, torch.tensor(5.0)) / (snr + 1 if prediction == "v_prediction" else snr)
+    branch.snr_gamma = 5.0
+    torch.testing.assert_close(
+        branch.denoising_loss(pred, latents, noise, timesteps), (weight * per_sample).mean()
+    )
 
 
 def test_real_branch_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:

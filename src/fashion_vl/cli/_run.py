@@ -84,6 +84,17 @@ def instantiate_list(cfg: DictConfig | None, what: str) -> list[Any]:
     return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+def trainer_callbacks(cfg: DictConfig) -> list[Any]:
+    """The ``callbacks`` group's objects, less the progress bar when ``trainer.enable_progress_bar`` is
+    false (Lightning refuses a progress-bar callback then, and the default group holds one)."""
+    from lightning.pytorch.callbacks import ProgressBar
+
+    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks")
+    if cfg.get("trainer", {}).get("enable_progress_bar", True) is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
+
+
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
     """``null``: start fresh; ``last``: this run's ``checkpoints/last.ckpt`` if it exists (auto-resume,
     e.g. after a pre-emption with a fixed ``run_name``), else start fresh; anything else: a file."""

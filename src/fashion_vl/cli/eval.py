@@ -24,6 +24,7 @@ from fashion_vl.cli._run import (
     instantiate_list,
     log,
     resolved_config,
+    trainer_callbacks,
 )
 from fashion_vl.utils.rich_utils import print_table, results_table
 
@@ -43,9 +44,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     if ckpt is None:
         log.warning("ckpt_path is null: evaluating the randomly initialised model")
     loggers = instantiate_list(cfg.get("logger"), "logger")
-    trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=instantiate_list(cfg.get("callbacks"), "callbacks")
-    )
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=trainer_callbacks(cfg))
     # Lightning asks for the training callbacks when a checkpoint is given; evaluation needs none.
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
     split = cfg.get("split", "test")

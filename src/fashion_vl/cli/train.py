@@ -21,6 +21,7 @@ from fashion_vl.cli._run import (
     reset_distributed,
     resolve_ckpt_path,
     resolved_config,
+    trainer_callbacks,
 )
 
 
@@ -39,7 +40,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
     net = instantiate(cfg.model, _convert_="all")
     lit = instantiate(cfg.lit, net=net, _convert_="partial")
     check_tokenizer_fits(datamodule, net)
-    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks")
+    callbacks = trainer_callbacks(cfg)
     callbacks.append(ConfigInCheckpoint(resolved_config(cfg)))
     loggers = instantiate_list(cfg.get("logger"), "logger")
     prepare_ddp_relaunch()

@@ -153,6 +153,8 @@ class ProductDataModule(FashionDataModule):
             product of the sources must have that id (FashionGen does).
         return_text: batches also carry the raw texts (``text``), for objectives with their own
             tokenizer (UniFashion's LLM) and captioning metrics.
+        train_first_image: train on each product's first image only instead of a random one (the
+            generation demo: one front shot per text is a sharper target than any of its views).
     """
 
     def __init__(
@@ -168,10 +170,12 @@ class ProductDataModule(FashionDataModule):
         num_attributes: int | None = None,
         label: str | None = None,
         return_text: bool = False,
+        train_first_image: bool = False,
         **common: Any,
     ) -> None:
         super().__init__(**common)
         self.return_text = return_text
+        self.train_first_image = train_first_image
         if label not in (None, "subcategory", "category"):
             raise ValueError(f"data.label must be 'subcategory', 'category' or null, not {label!r}")
         self.label = label
@@ -191,6 +195,8 @@ class ProductDataModule(FashionDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_set is None and self.train_sources:
             tables = [source.read() for source in self.train_sources.values()]
+            if self.train_first_image:
+                tables = [table.first_images() for table in tables]
             self._check_labels(tables)
             self.train_set = ProductDataset(tables, self.train_transform, self.num_views, self.reader)
             log.info("training products: %s", self.train_set.source_sizes())

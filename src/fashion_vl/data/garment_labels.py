@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -169,7 +168,7 @@ class GarmentLabelDataModule(FashionDataModule):
         if stage in ("fit", None) and self.train_set is None and self.train_source is not None:
             table = self.train_source.read()
             if self.train_first_image:
-                table = replace(table, products=[replace(p, images=p.images[:1]) for p in table.products])
+                table = table.first_images()
             self.train_set = GarmentProductDataset([table], self.train_transform, reader=self.reader)
         if stage in ("fit", "validate", None) and self.val_set is None and self.val_source is not None:
             self.val_set = GarmentGalleryDataset(self.val_source.read(), self.eval_transform, self.reader)

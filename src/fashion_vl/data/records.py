@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -30,6 +30,11 @@ class ProductTable:
 
     def __len__(self) -> int:
         return len(self.products)
+
+    def first_images(self) -> ProductTable:
+        """The same table with each product reduced to its first image (the synthetic data's plain
+        front shot on white)."""
+        return replace(self, products=[replace(p, images=p.images[:1]) for p in self.products])
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ DEFAULT_GENERATION_EVAL: dict[str, Any] = {
     "max_images": 0,  # per rank and test run; 0 turns it off
     "num_steps": 50,
     "guidance_scale": 7.5,
+    "guidance_rescale": 0.0,  # phi of Lin et al. (2024) against over-saturation; 0: off (SD v1.5's)
     "judge": None,  # an attribute-judge checkpoint (experiment=demo_attribute_judge): attribute accuracy
     "num_examples": 8,  # pictures kept for the result grid (fvl-eval +viz=true)
 }
@@ -230,6 +231,7 @@ class UniFashionPretrainModule(WeightedObjectives, OneCycleFromRun, GalleryRetri
         drawn = branch.sample(
             queries, prompts, num_steps=int(self.generation_eval["num_steps"]),
             guidance_scale=float(self.generation_eval["guidance_scale"]), generator=generator,
+            guidance_rescale=float(self.generation_eval["guidance_rescale"]),
         )  # fmt: skip  # [B, 3, R, R] in [0, 1]
         judge = self._judge()
         if judge is not None:

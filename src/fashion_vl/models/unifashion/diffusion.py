@@ -12,6 +12,7 @@ UNet's input (:func:`widen_unet_input`) that try-on needs.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from diffusers.training_utils import compute_snr
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
@@ -28,6 +31,11 @@ from fashion_vl.models.encoders.text import load_tokenizer
 from fashion_vl.models.hub import load_pretrained
 
 SD15 = "runwayml/stable-diffusion-v1-5"
+# create_causal_mask's cache argument was renamed past_key_values -> cache (transformers 5.2x); the
+# GPU image's older transformers knows only the first name, newer ones warn on it.
+_MASK_CACHE_ARG = (
+    "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+)
 # Stable Diffusion v1.5's training schedule (its scheduler/scheduler_config.json), kept here rather
 # than read from the hub so that a tiny random branch gets the same noise levels offline.
 SD15_NOISE_SCHEDULE: dict[str, Any] = {
@@ -149,7 +157,7 @@ class QueryConditionedTextEncoder(nn.Module):
         embeds = self.splice(input_ids, context)
         hidden = self.model.embeddings(inputs_embeds=embeds)  # + position embeddings 0..L+N-1
         mask = create_causal_mask(
-            config=self.model.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None
+            config=self.model.config, inputs_embeds=hidden, attention_mask=None, **{_MASK_CACHE_ARG: None}
         )
         hidden = self.model.encoder(
             inputs_embeds=hidden, attention_mask=mask, is_causal=True
@@ -241,6 +249,10 @@ class DiffusionBranch(nn.Module):
             encoder's positions after the N queries (77 - 32 = 45 for SD v1.5 with 32 queries).
         negative_prompt: text of the unconditional context.
         train_unet: train the UNet (else frozen like the VAE).
+        snr_gamma: Min-SNR-gamma loss weighting (Hang et al., 2023; diffusers' ``--snr_gamma``): each
+            sample's MSE is weighted by ``min(SNR_t, gamma) / SNR_t`` (``/ (SNR_t + 1)`` for
+            ``v_prediction``), which stops the easy low-noise steps from dominating. ``None``: the
+            plain MSE of the reference (SD v1.5 trains without it).
     """
 
     def __init__(
@@ -255,8 +267,11 @@ class DiffusionBranch(nn.Module):
         max_prompt_length: int | None = None,
         negative_prompt: str = "",
         train_unet: bool = True,
+        snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be positive or null, not {snr_gamma}")
         if unet.config.cross_attention_dim != text_encoder.hidden_size:
             raise ValueError(
                 f"the UNet cross-attends to {unet.config.cross_attention_dim}-d context but the text encoder "
@@ -278,6 +293,7 @@ class DiffusionBranch(nn.Module):
         self.max_prompt_length = max_prompt_length
         self.negative_prompt = negative_prompt
         self.train_unet = train_unet
+        self.snr_gamma = snr_gamma
         self.vae.requires_grad_(False)
         if not train_unet:
             self.unet.requires_grad_(False)
@@ -368,13 +384,20 @@ class DiffusionBranch(nn.Module):
         unconditional: torch.Tensor,
         guidance_scale: float,
         extra_inputs: torch.Tensor | None = None,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
-        """Classifier-free guidance ``eps_u + s (eps_c - eps_u)``; both predictions in one UNet pass."""
+        """Classifier-free guidance ``eps_u + s (eps_c - eps_u)``; both predictions in one UNet pass.
+        ``guidance_rescale`` (phi of Lin et al., 2024, section 3.4; 0: off) brings the guided
+        prediction's per-sample standard deviation back towards the conditional one's, against the
+        over-saturation that large scales cause (diffusers' ``rescale_noise_cfg``)."""
         x = torch.cat([latents, latents])
         extra = None if extra_inputs is None else torch.cat([extra_inputs, extra_inputs])
         eps = self.predict_noise(x, timestep, torch.cat([unconditional, condition]), extra)
         eps_u, eps_c = eps.chunk(2)
-        return eps_u + guidance_scale * (eps_c - eps_u)
+        guided = eps_u + guidance_scale * (eps_c - eps_u)
+        if guidance_rescale:
+            guided = rescale_noise_cfg(guided, eps_c, guidance_rescale=guidance_rescale)
+        return guided
 
     # --------------------------------------------------------------------------------- training
     def noised_latents(
@@ -402,6 +425,24 @@ class DiffusionBranch(nn.Module):
             return self.noise_scheduler.get_velocity(latents, noise, timesteps)
         raise ValueError(f"noise_schedule.prediction_type={kind!r} is not supported (epsilon, v_prediction)")
 
+    def denoising_loss(
+        self, pred: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """MSE between the UNet's prediction and :meth:`noise_target`, Min-SNR weighted per sample when
+        ``snr_gamma`` is set (diffusers ships ``compute_snr`` but not the weighting, which its training
+        scripts write inline)."""
+        target = self.noise_target(latents, noise, timesteps).float()
+        if self.snr_gamma is None:
+            return F.mse_loss(pred.float(), target)
+        snr = compute_snr(self.noise_scheduler, timesteps).float()
+        weight = snr.clamp(max=self.snr_gamma)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            weight = weight / (snr + 1)
+        else:  # epsilon; a zero-terminal-SNR schedule's SNR_T = 0 counts as the clamp's gamma
+            weight = torch.where(snr > 0, weight / snr.clamp(min=1e-12), torch.ones_like(snr))
+        per_sample = F.mse_loss(pred.float(), target, reduction="none").flatten(1).mean(1)
+        return (weight * per_sample).mean()
+
     def loss(
         self,
         query_outputs: torch.Tensor,
@@ -425,7 +466,7 @@ class DiffusionBranch(nn.Module):
             uncond = self.encode_unconditional(b, context.shape[1]).to(context.dtype)
             context = torch.where(drop[:, None, None], uncond, context)
         pred = self.predict_noise(noisy, timesteps, context)
-        return F.mse_loss(pred.float(), self.noise_target(latents, noise, timesteps).float())
+        return self.denoising_loss(pred, latents, noise, timesteps)
 
     # --------------------------------------------------------------------------------- sampling
     def ddim_scheduler(self) -> DDIMScheduler:
@@ -442,10 +483,12 @@ class DiffusionBranch(nn.Module):
         generator: torch.Generator | None = None,
         eta: float = 0.0,
         resolution: int | None = None,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor:
         """Images ``[B, 3, R, R]`` in ``[0, 1]`` by DDIM (``eta=0``: deterministic given the initial
         noise, so given ``generator``); guidance only when ``guidance_scale != 1`` (at 1 it is the
-        conditional prediction). Runs in eval mode (no ProjLayer dropout) and restores the mode."""
+        conditional prediction), rescaled by ``guidance_rescale`` (see :meth:`guided_noise`). Runs in
+        eval mode (no ProjLayer dropout) and restores the mode."""
         was_training = self.training
         self.train(False)
         try:
@@ -466,7 +509,9 @@ class DiffusionBranch(nn.Module):
                 if unconditional is None:
                     eps = self.predict_noise(x, t, condition)
                 else:
-                    eps = self.guided_noise(x, t, condition, unconditional, guidance_scale)
+                    eps = self.guided_noise(
+                        x, t, condition, unconditional, guidance_scale, guidance_rescale=guidance_rescale
+                    )
                 latents = scheduler.step(eps, t, latents, eta=eta, generator=generator).prev_sample
             return self.decode_latents(latents)
         finally:
@@ -522,6 +567,7 @@ def build_diffusion_branch(
     vae: Mapping[str, Any] | None = None,
     text_encoder: Mapping[str, Any] | None = None,
     vae_from: str | None = None,
+    snr_gamma: float | None = None,
 ) -> DiffusionBranch:
     """The branch from a Stable Diffusion folder or hub id (``pretrained``: its ``unet``, ``vae``,
     ``text_encoder`` and ``tokenizer`` subfolders, offline-safe), or randomly initialised from the
@@ -586,4 +632,5 @@ def build_diffusion_branch(
         max_prompt_length=max_prompt_length,
         negative_prompt=negative_prompt,
         train_unet=train_unet,
+        snr_gamma=snr_gamma,
     )

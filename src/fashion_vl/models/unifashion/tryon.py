@@ -340,7 +340,7 @@ class TryOnEditor(nn.Module):
             context = torch.where(drop[:, None, None], uncond, context)
             sketch = torch.where(drop[:, None, None, None], torch.zeros_like(sketch), sketch)
         pred = self.predict_noise(noisy, timesteps, spatial, context, sketch)
-        return F.mse_loss(pred.float(), branch.noise_target(latents, noise, timesteps).float())
+        return branch.denoising_loss(pred, latents, noise, timesteps)
 
     # --------------------------------------------------------------------------------- sampling
     @torch.no_grad()
