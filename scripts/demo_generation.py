@@ -6,10 +6,11 @@ Two checks, each against the same pipeline before training and against chance:
   region outside the agnostic mask (``test/keep_psnr``, dB, no paste-back) better than before, and
   above ``--min-keep-psnr``;
 - **generation** (``demo_unifashion_phase1_diffusion``): pictures redrawn from a product's query outputs
-  and text show the colour / category / pattern the text names more often than before training and
+  and text show the colour and the category the text names more often than before training and
   than the best constant guess, as judged by an attribute classifier trained on the synthetic images
   (``demo_attribute_judge``). The same judge on the fitted VAE's reconstructions of those products is
-  the ceiling generation through that VAE can reach ("VAE ceiling").
+  the ceiling generation through that VAE can reach ("VAE ceiling"). Pattern is reported, not
+  checked: that ceiling is no higher than the constant answer.
 
 The tiny VAEs are fitted first (``demo_diffusion_vae``, ``demo_diffusion_vae_products``): a random VAE
 does not invert itself.
@@ -18,7 +19,7 @@ Usage (what ``make demo-generation`` runs):
   python scripts/demo_generation.py --data data/synthetic_generation --logs logs/demo_generation \\
       --out logs/demo_generation/results.json
 
-Prints the table, writes the JSON and the two result grids (``<logs>/eval/runs/*/generated_examples.png``),
+Prints the table, writes the JSON and the four result grids (``<logs>/eval/runs/*/generated_examples.png``),
 and exits non-zero when a check fails.
 """
 
@@ -45,7 +46,7 @@ from fashion_vl.models.attribute_judge import load_attribute_judge
 from fashion_vl.models.unifashion.diffusion import load_fitted_vae, to_vae_range
 from fashion_vl.utils.rich_utils import print_table, results_table
 
-GENERATED = 64  # test products redrawn and judged
+GENERATED = 150  # test products redrawn and judged: all of the small FashionGen val split
 
 
 def constant_guess(data: Path, count: int, split: str = "val") -> dict[str, float]:
@@ -160,9 +161,10 @@ def main() -> None:
     failures = []
     if not after["test/keep_psnr"] > max(before["test/keep_psnr"], args.min_keep_psnr):
         failures.append("try-on keep-region PSNR")
-    colour = "test/generation/colour_acc"
-    if not g1[colour] > max(g0[colour], chance["colour"]):
-        failures.append("generation colour accuracy")
+    for name in ("colour", "category"):  # pattern: the VAE ceiling is the constant answer (docs)
+        key = f"test/generation/{name}_acc"
+        if not g1[key] > max(g0[key], chance[name]):
+            failures.append(f"generation {name} accuracy")
     grids = sorted(str(p) for p in (logs / "eval" / "runs").glob("*/generated_examples.png"))
     payload = {"rows": rows, "chance": chance, "vae_ceiling": ceiling, "failures": failures, "grids": grids,
                "settings": vars(args) | {"data": str(data), "logs": str(logs)}}  # fmt: skip

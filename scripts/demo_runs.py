@@ -22,8 +22,6 @@ def run_once(tool: str, args: list[str], logs: Path, reuse: bool = False) -> Non
         return
     out = logs / f"{name}.out"
     command = [tool, *args, f"paths.log_dir={logs}", *QUIET]
-    if tool == "fvl-train":
-        command.append("~callbacks.rich_progress_bar")
     start = time.perf_counter()
     with out.open("w") as f:
         code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT)

@@ -58,11 +58,13 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-def tiny_branch(tokenizer: str, train_unet: bool = True, seed: int = 0) -> DiffusionBranch:
+def tiny_branch(
+    tokenizer: str, train_unet: bool = True, seed: int = 0, noise_schedule: dict | None = None
+) -> DiffusionBranch:
     torch.manual_seed(seed)
     return build_diffusion_branch(
         pretrained=False, tokenizer=tokenizer, query_dim=WIDTH, proj_hidden_dim=64, resolution=16,
-        train_unet=train_unet, unet=UNET, vae=VAE, text_encoder=TEXT,
+        train_unet=train_unet, unet=UNET, vae=VAE, text_encoder=TEXT, noise_schedule=noise_schedule,
     )  # fmt: skip
 
 
@@ -246,6 +248,31 @@ def test_min_snr_weighting_follows_its_formula(tokenizer_dir: str, prediction: s
     torch.testing.assert_close(
         branch.denoising_loss(pred, latents, noise, timesteps), (weight * per_sample).mean()
     )
+
+
+def test_demo_zero_terminal_snr_schedule_reaches_training_and_sampling(
+    tokenizer_dir: str, tmp_path: Path
+) -> None:
+    """The generation demo's schedule (Lin et al., 2024): no signal left at t = 999 in training, DDIM
+    sampling that starts there (trailing spacing), v-prediction, which stays finite at SNR 0 where an
+    epsilon model's x0 estimate divides by zero."""
+    cfg = compose_config("train", ["experiment=demo_unifashion_phase1_diffusion"], tmp_path)
+    schedule = dict(cfg.lit.objectives.diffusion.branch.noise_schedule)
+    branch = tiny_branch(tokenizer_dir, noise_schedule=schedule)
+    assert branch.noise_scheduler.alphas_cumprod[-1] < 1e-6  # SD v1.5's own schedule leaves 0.0047
+    ddim = branch.ddim_scheduler()
+    ddim.set_timesteps(20)
+    assert ddim.timesteps[0] == 999 and ddim.config.prediction_type == "v_prediction"
+    g = torch.Generator().manual_seed(0)
+    latents, noise = torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 4, 4, generator=g)
+    t = torch.tensor([999, 999])
+    # at SNR 0 the noised latents are the noise and the velocity target is minus the clean latents
+    torch.testing.assert_close(branch.noise_scheduler.add_noise(latents, noise, t), noise, atol=1e-3, rtol=0)
+    torch.testing.assert_close(branch.noise_target(latents, noise, t), -latents, atol=1e-3, rtol=0)
+    drawn = branch.sample(queries(), PROMPTS, num_steps=3, guidance_scale=2.0, generator=g)
+    assert torch.isfinite(drawn).all()
+    with pytest.raises(ValueError, match=r"noise_schedule\.prediction_type=v_prediction"):
+        tiny_branch(tokenizer_dir, noise_schedule=schedule | {"prediction_type": "epsilon"})
 
 
 def test_real_branch_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -288,6 +288,14 @@ class DiffusionBranch(nn.Module):
         self.proj = proj
         self._tokenizer = tokenizer
         self.noise_schedule = {**SD15_NOISE_SCHEDULE, **(noise_schedule or {})}
+        if (
+            self.noise_schedule.get("rescale_betas_zero_snr")
+            and self.noise_schedule["prediction_type"] == "epsilon"
+        ):
+            raise ValueError(
+                "noise_schedule.rescale_betas_zero_snr=true needs noise_schedule.prediction_type=v_prediction: "
+                "at zero terminal SNR the first sampling step's image estimate from predicted noise divides by 0"
+            )
         self.noise_scheduler = DDPMScheduler(**self.noise_schedule)
         self.resolution = resolution
         self.max_prompt_length = max_prompt_length
