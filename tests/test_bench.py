@@ -217,3 +217,57 @@ def test_compile_callback_compiles_units_in_place_only_where_asked(tmp_path: Pat
     assert net.encode_fused(ids, mask, torch.randn(2, 3, 56, 56)).pooled.shape == (2, net.hidden_size)
     with pytest.raises(ValueError, match=r"callbacks\.compile\.enabled"):
         CompileModules(enabled="yes")
+
+
+@pytest.fixture(scope="module")
+def vitonhd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fashion_vl.data.synth import generate
+
+    out = tmp_path_factory.mktemp("bench_tryon") / "datasets"
+    generate(out, size="tiny", image_size=64, workers=1, only=["vitonhd"])
+    return out
+
+
+def test_bench_tryon_trains_through_fvl_train_and_times_sampling(vitonhd_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "tryon.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_tryon.py"), "--experiment", "demo_unifashion_phase2_tryon",
+         "--steps", "3", "--warmup", "1", "--batch-size", "2", "--sample-images", "3", "--sample-steps", "2",
+         "--num-workers", "0", "--data-dir", str(vitonhd_dir), "--out", str(out)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    train, sample = result["train"], result["sample"]
+    assert train["steps"] == 3 and train["warmup_steps_excluded"] == 1 and train["losses_finite"]
+    assert (train["height"], train["width"], train["batch_size"]) == (64, 48, 2)
+    assert train["samples_per_s"] == pytest.approx(2 / train["median_step_s"])
+    assert (
+        0 < train["parameters"]["trainable"] < train["parameters"]["total"]
+    )  # the VAE and Q-Former are frozen
+    assert (sample["images"], sample["height"], sample["width"], sample["ddim_steps"]) == (3, 64, 48, 2)
+    assert sample["finite"] and sample["seconds"] > 0
+    assert "model/diffusion@model.branch=sd15_random" not in result["overrides"]  # a demo: its tiny model
+
+
+def test_real_size_random_tryon_has_sd15s_architecture(vitonhd_dir: Path, tmp_path: Path) -> None:
+    """What scripts/bench_tryon.py builds on a GPU without the hub: SD v1.5's UNet (859,520,964
+    parameters, + 9 x 320 x 3 x 3 for the 9 extra input channels), VAE and CLIP text tower, at
+    VITON-HD's 512x384 in bf16; built on the meta device (no memory)."""
+    from hydra.utils import instantiate
+
+    from fashion_vl.bench.tryon import REAL_SIZE_RANDOM, bench_overrides, compose_tryon_run
+
+    cfg = compose_tryon_run(
+        "unifashion_phase2_tryon", vitonhd_dir, tmp_path, REAL_SIZE_RANDOM + bench_overrides(60, 16, 8, None)
+    )
+    assert (cfg.data.height, cfg.data.width, cfg.trainer.precision) == (512, 384, "bf16-mixed")
+    with torch.device("meta"):
+        net = instantiate(cfg.model, _convert_="all")
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    assert count(net.branch.unet) == 859_520_964 + 9 * 320 * 9
+    assert count(net.branch.vae) == 83_653_863
+    assert count(net.branch.text_encoder) == 123_060_480
+    assert net.branch.unet.config.in_channels == 13

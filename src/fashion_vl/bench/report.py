@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,12 @@ from fashion_vl.bench.timing import matmul_peak
 from fashion_vl.bench.training import ExecutionPath, StepBench, default_path, reference_paths
 
 
-def ensure_synthetic(data_dir: str | None, size: str, image_size: int) -> Path:
+def ensure_synthetic(
+    data_dir: str | None, size: str, image_size: int, only: Sequence[str] | None = None
+) -> Path:
     """The data folder to read: ``data_dir`` as given, else synthetic data generated once into the
-    user cache (FashionGen-like 256 px images by default, so decoding costs what the real files do)."""
+    user cache (FashionGen-like 256 px images by default, so decoding costs what the real files do;
+    ``only``: just those datasets, e.g. ``["vitonhd"]``)."""
     if data_dir:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
@@ -30,10 +34,11 @@ def ensure_synthetic(data_dir: str | None, size: str, image_size: int) -> Path:
     from fashion_vl.data.synth import generate
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion_vl"
-    path = cache / f"bench_synth_{size}_{image_size}px" / "datasets"
+    which = "_".join(only) + "_" if only else ""
+    path = cache / f"bench_synth_{which}{size}_{image_size}px" / "datasets"
     if not (path / "synthetic_manifest.json").is_file():
         print(f"writing synthetic data ({size}, {image_size} px) to {path}", file=sys.stderr)
-        generate(path, size=size, image_size=image_size, overwrite=True)
+        generate(path, size=size, image_size=image_size, overwrite=True, only=only)
     return path
 
 
