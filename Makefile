@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+UNIFASHION_STAMP := $(VENV)/.installed-unifashion
 DEV_STAMP := $(VENV)/.installed-dev
 DATA ?= data/synthetic
 SEED ?= 0
@@ -30,6 +31,11 @@ $(STAMP): pyproject.toml
 	$(PIP_INSTALL) -e .
 	@touch $(STAMP)
 
+# The UniFashion demos add the [unifashion] extra (peft for the LLM's LoRA, the captioning scorers).
+$(UNIFASHION_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e ".[unifashion]"
+	@touch $(UNIFASHION_STAMP)
+
 $(DEV_STAMP): $(STAMP)
 	$(PIP_INSTALL) -e ".[dev]"
 	@touch $(DEV_STAMP)
@@ -55,12 +61,12 @@ demo: $(STAMP)
 
 # UniFashion part 1: phase 1 (retrieval, captioning) then phase 2 (FashionIQ composed retrieval from the
 # phase-1 Q-Former), each evaluated before and after training (scripts/demo_unifashion.py).
-demo-unifashion: $(STAMP)
+demo-unifashion: $(UNIFASHION_STAMP)
 	$(BIN)/python scripts/demo_unifashion.py --data $(DATA) --data-seed $(SEED) --logs logs/demo_unifashion
 
 # UniFashion's diffusion branch: fit the tiny VAEs and the attribute judge, then try-on editing and
 # image+text generation, each evaluated before and after training (scripts/demo_generation.py).
-demo-generation: $(STAMP)
+demo-generation: $(UNIFASHION_STAMP)
 	$(BIN)/python scripts/demo_generation.py --data data/synthetic_generation --logs logs/demo_generation \
 		--seed $(SEED)
 
