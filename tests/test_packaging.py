@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,3 +33,19 @@ def test_console_scripts_are_installed() -> None:
         assert (Path(sys.executable).parent / script).is_file(), (
             f"{script} missing: reinstall with pip install -e ."
         )
+
+
+def test_unifashion_demos_install_the_extra_their_llm_needs(tmp_path: Path) -> None:
+    """The UniFashion demos build the LLM with LoRA adapters (peft, the [unifashion] extra): their make
+    targets must install it on a fresh clone, not just the core package (they once did not)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("peft") for dep in extras["unifashion"])
+    for target in ("demo-unifashion", "demo-generation", "demo"):
+        plan = subprocess.run(
+            ["make", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        installs_extra = '-e ".[unifashion]"' in plan
+        assert installs_extra == (target != "demo"), f"make {target}:\n{plan}"
