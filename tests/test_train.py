@@ -83,14 +83,11 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(
     cfg = resume_config(tmp_path / "crash", synth_dir, workers)
     import fashion_vl.cli.train as train_module
 
-    original = train_module.instantiate_list
-    monkeypatch.setattr(
-        train_module, "instantiate_list",
-        lambda c, what: original(c, what) + ([Kill(9)] if what == "callbacks" else []),
-    )  # fmt: skip
+    original = train_module.trainer_callbacks
+    monkeypatch.setattr(train_module, "trainer_callbacks", lambda c: [*original(c), Kill(9)])
     with pytest.raises(Kill.Crash):
         train(cfg)
-    monkeypatch.setattr(train_module, "instantiate_list", original)
+    monkeypatch.setattr(train_module, "trainer_callbacks", original)
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
     _, resumed = train(resume_config(tmp_path / "crash", synth_dir, workers))  # ckpt_path=last
