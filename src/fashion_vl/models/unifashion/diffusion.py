@@ -446,8 +446,8 @@ class DiffusionBranch(nn.Module):
         weight = snr.clamp(max=self.snr_gamma)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             weight = weight / (snr + 1)
-        else:  # epsilon; a zero-terminal-SNR schedule's SNR_T = 0 counts as the clamp's gamma
-            weight = torch.where(snr > 0, weight / snr.clamp(min=1e-12), torch.ones_like(snr))
+        else:  # epsilon: SNR > 0 at every step (zero terminal SNR is refused with epsilon, see __init__)
+            weight = weight / snr
         per_sample = F.mse_loss(pred.float(), target, reduction="none").flatten(1).mean(1)
         return (weight * per_sample).mean()
 
