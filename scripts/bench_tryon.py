@@ -17,13 +17,8 @@ import sys
 import torch
 
 from fashion_vl.bench.report import ensure_synthetic, environment, write_json
-from fashion_vl.bench.tryon import (
-    REAL_SIZE_RANDOM,
-    bench_overrides,
-    bench_tryon,
-    compose_tryon_run,
-    scratch_dir,
-)
+from fashion_vl.bench.training import compose_experiment
+from fashion_vl.bench.tryon import REAL_SIZE_RANDOM, bench_overrides, bench_tryon, scratch_dir
 
 
 def main(argv: list[str]) -> dict:
@@ -56,7 +51,7 @@ def main(argv: list[str]) -> dict:
         *bench_overrides(args.steps, args.batch_size, args.sample_images, args.num_workers),
         *args.overrides,
     ]
-    cfg = compose_tryon_run(args.experiment, data_dir, scratch_dir(), overrides)
+    cfg = compose_experiment(args.experiment, data_dir, overrides, output_dir=scratch_dir())
     result = bench_tryon(cfg, args.warmup, args.sample_images, args.sample_steps, args.guidance_scale)
     result = {
         "benchmark": "tryon",

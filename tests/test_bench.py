@@ -255,17 +255,16 @@ def test_real_size_random_tryon_has_sd15s_architecture(vitonhd_dir: Path, tmp_pa
     VITON-HD's 512x384 in bf16; built on the meta device (no memory)."""
     from hydra.utils import instantiate
 
-    from fashion_vl.bench.tryon import REAL_SIZE_RANDOM, bench_overrides, compose_tryon_run
+    from fashion_vl.bench.tryon import REAL_SIZE_RANDOM, bench_overrides, parameter_counts
 
-    cfg = compose_tryon_run(
-        "unifashion_phase2_tryon", vitonhd_dir, tmp_path, REAL_SIZE_RANDOM + bench_overrides(60, 16, 8, None)
-    )
+    overrides = REAL_SIZE_RANDOM + bench_overrides(60, 16, 8, None)
+    cfg = compose_experiment("unifashion_phase2_tryon", vitonhd_dir, overrides, output_dir=tmp_path)
     assert (cfg.data.height, cfg.data.width, cfg.trainer.precision) == (512, 384, "bf16-mixed")
     with torch.device("meta"):
         net = instantiate(cfg.model, _convert_="all")
 
     def count(module: torch.nn.Module) -> int:
-        return sum(p.numel() for p in module.parameters())
+        return parameter_counts(module)["total"]
 
     assert count(net.branch.unet) == 859_520_964 + 9 * 320 * 9
     assert count(net.branch.vae) == 83_653_863

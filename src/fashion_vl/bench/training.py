@@ -17,15 +17,17 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning import seed_everything
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_vl.bench.timing import count_flops, median, peak_memory_gib, reset_peak_memory, time_calls
 from fashion_vl.lit.pretrain import PretrainModule
@@ -85,22 +87,35 @@ def matmul_precision(tf32: bool) -> Iterator[None]:
         torch.backends.cudnn.allow_tf32 = before[1]
 
 
-def compose_experiment(experiment: str, data_dir: str, overrides: list[str]) -> DictConfig:
+def compose_experiment(
+    experiment: str, data_dir: str | Path, overrides: list[str], output_dir: str | Path | None = None
+) -> DictConfig:
     """The ``fvl-train`` config of ``experiment`` with random-init weights and the data folder's own
-    tokenizer (no hub access), plus the caller's overrides."""
+    tokenizer (no hub access), plus the caller's overrides. With ``output_dir`` it is a config a run
+    can take (``fashion_vl.cli.train.train``): the Hydra part included, every path pointing there, and
+    set as the current Hydra config, as the CLI does."""
     base = [
         f"experiment={experiment}",
         f"paths.data_dir={data_dir}",
         "tokenizer=${paths.data_dir}/tokenizer",
         "data_check=false",
     ]
+    run = output_dir is not None
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="fashion_vl.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=base + list(overrides))
+        cfg = compose(config_name="train", overrides=base + list(overrides), return_hydra_config=run)
     GlobalHydra.instance().clear()
     for key in ("model.image_encoder.pretrained", "model.text_encoder.pretrained"):
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(cfg, key, False)
+    if run:
+        with open_dict(cfg):
+            for key in ("root_dir", "output_dir", "work_dir"):
+                cfg.paths[key] = str(output_dir)
+            cfg.paths.log_dir = str(Path(output_dir) / "logs")
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig().set_config(cfg)
     return cfg
 
 

@@ -17,12 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from lightning import Callback, LightningModule, Trainer
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from fashion_vl.bench.timing import peak_memory_gib, reset_peak_memory, synchronize
 
@@ -58,32 +55,6 @@ class StepTimer(Callback):
         self.seconds.append(time.perf_counter() - self._start)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss) if loss is not None else math.nan)
-
-
-def compose_tryon_run(
-    experiment: str, data_dir: str | Path, output_dir: str | Path, overrides: list[str]
-) -> DictConfig:
-    """The ``fvl-train`` config of ``experiment`` reading ``data_dir`` (and its tokenizer), writing into
-    ``output_dir``, with the caller's overrides; set as the current Hydra config, as the CLI does."""
-    base = [
-        f"experiment={experiment}",
-        f"paths.data_dir={data_dir}",
-        "tokenizer=${paths.data_dir}/tokenizer",
-        "data_check=false",
-        "print_config=false",
-    ]
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="fashion_vl.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=base + list(overrides), return_hydra_config=True)
-    GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        for key in ("root_dir", "output_dir", "work_dir"):
-            cfg.paths[key] = str(output_dir)
-        cfg.paths.log_dir = str(Path(output_dir) / "logs")
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
 
 
 def bench_overrides(steps: int, batch_size: int, sample_images: int, num_workers: int | None) -> list[str]:
