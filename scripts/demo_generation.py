@@ -126,11 +126,11 @@ def main() -> None:
     run("fvl-train", ["experiment=demo_diffusion_vae_products", "run_name=vae_products", *common], logs)
     generation = [
         "experiment=demo_unifashion_phase1_diffusion", *common,
-        f"lit.objectives.diffusion.branch.vae_from={train_runs / 'vae_products/checkpoints/last.ckpt'}",
+        f"model.diffusion.vae_from={train_runs / 'vae_products/checkpoints/last.ckpt'}",
         f"lit.generation_eval.judge={train_runs / 'judge/checkpoints/last.ckpt'}",
         f"lit.generation_eval.max_images={GENERATED}", "lit.caption_eval.max_images=0",
         # the reference's "generative alignment" routine without the LLM: the diffusion loss alone
-        "lit.loss_weights.itc=0", "lit.loss_weights.itm=0", "lit.loss_weights.itg=0", "lit.loss_weights.caption=0",
+        "lit.task_weights.itc=0", "lit.task_weights.itm=0", "lit.task_weights.itg=0", "lit.task_weights.caption=0",
     ]  # fmt: skip
     run("fvl-eval", [*generation, "run_name=generation_untrained", "+viz=true"], logs)
     run("fvl-train", [*generation, "run_name=generation", f"trainer.max_steps={args.generation_steps}",

@@ -6,11 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
+from fashion_vl.build import compose
 from tests.helpers.fixture_data import make_fixture_data
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -36,21 +35,9 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def compose_config(
     config_name: str, overrides: list[str], output_dir: Path, data_dir: Path | None = None
 ) -> DictConfig:
-    """Compose a config as the CLI would, with paths pointing into ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="fashion_vl.conf", version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(output_dir)
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir / "logs")
-        cfg.paths.work_dir = str(output_dir)
-        if data_dir is not None:
-            cfg.paths.data_dir = str(data_dir)
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig().set_config(cfg)
-    return cfg
+    """Compose a config as the CLI would (:func:`fashion_vl.build.compose`), with paths pointing into
+    ``output_dir``."""
+    return compose(config_name, overrides, output_dir=output_dir, data_dir=data_dir)
 
 
 # Shrinks the demo experiment to a few seconds on CPU.

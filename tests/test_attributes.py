@@ -12,10 +12,15 @@ import pytest
 from sklearn.feature_extraction.text import CountVectorizer
 
 from fashion_vl.cli.data import main as fvl_data
-from fashion_vl.data import attributes
-from fashion_vl.data.attributes import assign_attributes, candidates, mine_vocabulary, write_attributes
 from fashion_vl.data.check import check_data_dir
 from fashion_vl.data.formats import BigFACADSource, Fashion200kSource, FashionGenSource, PolyvoreItemSource
+from fashion_vl.data.prepare import attributes
+from fashion_vl.data.prepare.attributes import (
+    assign_attributes,
+    candidates,
+    mine_vocabulary,
+    write_attributes,
+)
 
 TEXTS = [
     "Black v-neck dress. Made in Italy.",

@@ -270,3 +270,93 @@ def test_real_size_random_tryon_has_sd15s_architecture(vitonhd_dir: Path, tmp_pa
     assert count(net.branch.vae) == 83_653_863
     assert count(net.branch.text_encoder) == 123_060_480
     assert net.branch.unet.config.in_channels == 13
+
+
+def test_bench_data_pieces_time_loader_floor_and_decoders(synth_dir: Path) -> None:
+    """The fast counterpart of the script's test below: its pieces, in-process, on tiny data."""
+    from fashion_vl.bench.data import DecodeFloor, LoaderStream, PillowJpegStream, decoder_rates, interleaved
+    from fashion_vl.data import images
+    from fashion_vl.data.formats import BigFACADSource
+    from fashion_vl.data.products import ProductDataModule
+    from fashion_vl.data.transforms import resize_crop
+
+    datamodule = ProductDataModule(
+        train_sources={"bigfacad": BigFACADSource(synth_dir, "train")},
+        tokenizer=str(synth_dir / "tokenizer"),
+        train_transform=resize_crop(True, size=32, resize=40),
+        eval_transform=resize_crop(False, size=32, resize=40),
+        batch_size=4,
+        num_workers=0,
+        num_views=2,
+    )
+    datamodule.setup("fit")
+    decode_jpeg = images.decode_jpeg
+    runs = {
+        "loader": lambda: LoaderStream(datamodule).rate(1),
+        "pillow": lambda: PillowJpegStream(datamodule).rate(1),
+        "floor": lambda: DecodeFloor(datamodule, 40, 32).rate(2),
+    }
+    figures = interleaved(runs, rounds=2)
+    assert images.decode_jpeg is decode_jpeg  # the Pillow A/B puts the decoder back
+    for name, fig in figures.items():
+        assert len(fig["rounds"]) == len(fig["rounds_cpu"]) == 2, name
+        assert fig["samples_per_s"] > 0 and fig["samples_per_cpu_s"] > 0, name
+    jpegs = sorted((synth_dir / "BigFACAD" / "images").rglob("*.jpg"))[:2]
+    rates = decoder_rates({"jpeg_64px": jpegs}, rounds=1, resize=32)
+    assert {"pil", "pil+draft", "simplejpeg (jpeg only)"} <= set(rates["jpeg_64px"])
+    assert set(rates["jpeg_64px (per CPU-s)"]) == set(rates["jpeg_64px"])
+
+
+@pytest.mark.slow
+def test_bench_data_reports_every_path_ratio_and_decoder(synth_dir: Path, tmp_path: Path) -> None:
+    from fashion_vl.data.synth import generate
+
+    fashiongen = tmp_path / "fashiongen" / "datasets"
+    generate(fashiongen, size="tiny", image_size=64, workers=1, only=["fashiongen"], image_store="both")
+    out = tmp_path / "data.json"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts/bench_data.py"), "--data-dir", str(synth_dir),
+         "--fashiongen-dir", str(fashiongen), "--synth-image-size", "64", "--batch-size", "4",
+         "--batches", "1", "--warmup", "0", "--rounds", "1", "--decoder-images", "3",
+         "--draft-sides", "160", "--scratch-dir", str(tmp_path / "scratch"), "--profile-batches", "1",
+         "--resize", "72", "--crop", "64", "--only", "mix,fashiongen,decoders", "--out", str(out),
+         "image_size=64", "resize_size=72"],
+        check=True, cwd=tmp_path, capture_output=True,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    paths = {"mix_loader", "mix_loader_pillow", "mix_floor", "fashiongen_files", "fashiongen_array",
+             "fashiongen_floor"}  # fmt: skip
+    assert set(result["paths"]) == paths
+    assert all(p["samples_per_s"] > 0 and p["samples_per_cpu_s"] > 0 for p in result["paths"].values())
+    rates = {k: v["samples_per_s"] for k, v in result["paths"].items()}
+    ratios = result["ratios"]
+    assert ratios["mix_loader_over_floor"] == pytest.approx(rates["mix_loader"] / rates["mix_floor"])
+    assert ratios["fashiongen_array_over_files"] == pytest.approx(
+        rates["fashiongen_array"] / rates["fashiongen_files"]
+    )
+    assert set(result["ratios_cpu"]) == set(ratios)
+    assert result["mix_loader_profile"] and result["mix_loader_profile"][0]["own_s"] > 0
+    decoders = result["decoders_images_per_s"]
+    assert {"jpeg_64px", "png_64px", "jpeg_160px"} <= set(decoders)
+    assert {"pil", "pil+draft", "simplejpeg (jpeg only)"} <= set(decoders["jpeg_160px"])
+    assert "simplejpeg (jpeg only)" not in decoders["png_64px"]
+
+
+def test_mpfc_flops_split_the_tokenizer_from_the_step(synth_dir: Path) -> None:
+    """The counts scale with the batch (per-sample figures agree at two batch sizes) and the share is
+    the tokenizer's part of the total (tiny demo model and tiny VQ encoder: 6x6 grid at 96 px)."""
+    from fashion_vl.bench.mpfc import mpfc_flops
+
+    tiny_vq = dict(hidden_dim=4, ch_mult=[1, 2, 4, 8, 8], num_res_blocks=1, attn_resolutions=[],
+                   z_channels=32, num_tokens=64, codebook_dim=32, norm_num_groups=4)  # fmt: skip
+    one, two = (
+        mpfc_flops(synth_dir, "demo_pretrain", batch_size=b, image_size=96, vq_overrides=tiny_vq)
+        for b in (1, 2)
+    )
+    for key in ("tokenizer_forward_gflops_per_sample", "mpfc_step_without_tokenizer_gflops_per_sample"):
+        assert one[key] > 0 and one[key] == pytest.approx(two[key], rel=0.02), key
+    tokens, rest = (
+        two["tokenizer_forward_gflops_per_sample"],
+        two["mpfc_step_without_tokenizer_gflops_per_sample"],
+    )
+    assert two["tokenizer_share_of_mpfc_step"] == pytest.approx(tokens / (tokens + rest))

@@ -7,10 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fashion_vl.models.checkpoint import CheckpointMismatchError, load_from_checkpoint, read_state_dict
+from fashion_vl.models.checkpoint import (
+    CheckpointMismatchError,
+    load_from_checkpoint,
+    migrate_checkpoint,
+    migrate_state_dict,
+    read_state_dict,
+)
 from fashion_vl.models.encoders.image import GridImageEncoder
 from fashion_vl.models.encoders.text import build_bert
 from fashion_vl.models.fashionvil import FashionViL
+from fashion_vl.models.heads import ItmHead
 from tests.test_models import tiny_fashionvil
 
 
@@ -34,7 +41,12 @@ def test_init_from_a_task_checkpoint_loads_the_encoder_and_reinits_the_scale(tmp
     source = tiny()
     with torch.no_grad():
         source.contrastive_norm.scale.fill_(9.0)
-    heads = {"objectives.itm.head.seq_relationship.weight": torch.zeros(2, 32)}  # pre-training heads: ignored
+    heads = {  # a pre-training checkpoint's heads and tokenizer, today's names and the old ones: ignored
+        "net.heads.itm.seq_relationship.weight": torch.zeros(2, 32),
+        "net.image_tokenizer.quant_conv.weight": torch.zeros(4, 4, 1, 1),
+        "objectives.pac.head.weight": torch.zeros(32, 20),
+        "objectives.mpfc.tokenizer.encoder.conv_in.weight": torch.zeros(4, 3, 3, 3),
+    }
     path = lightning_style_checkpoint(tmp_path, source, heads)
     torch.manual_seed(1)
     model = tiny(init_from=str(path))
@@ -43,6 +55,53 @@ def test_init_from_a_task_checkpoint_loads_the_encoder_and_reinits_the_scale(tmp
             assert model.state_dict()[key].item() == 4.0  # re-initialised, not 9
         else:
             assert torch.equal(model.state_dict()[key], value), key
+
+
+def test_init_from_leaves_the_tasks_own_heads_at_their_initialisation(tmp_path: Path) -> None:
+    """A fine-tuning network's heads are built after the encoder's weights are loaded, and a
+    pre-training checkpoint's heads of the same name do not replace them."""
+    heads = {"itm": ItmHead}
+    source = tiny_fashionvil(heads=heads)
+    with torch.no_grad():
+        source.heads["itm"].seq_relationship.weight.fill_(7.0)
+    path = lightning_style_checkpoint(tmp_path, source)
+    torch.manual_seed(3)
+    fresh = tiny_fashionvil(heads=heads)
+    torch.manual_seed(3)
+    loaded = tiny_fashionvil(heads=heads, init_from=str(path))
+    assert torch.equal(
+        loaded.heads["itm"].seq_relationship.weight, fresh.heads["itm"].seq_relationship.weight
+    )
+    assert torch.equal(loaded.text_encoder.pooler.dense.weight, source.text_encoder.pooler.dense.weight)
+
+
+def test_legacy_keys_move_to_the_network_and_todays_are_left_alone() -> None:
+    legacy = {
+        "net.text_encoder.x": 0,
+        "objectives.itm.head.seq_relationship.weight": 1,
+        "objectives.mlm.head.predictions.bias": 2,
+        "objectives.mpfc.tokenizer.encoder.conv_in.weight": 3,
+        "objectives.diffusion.branch.unet.conv_in.weight": 4,
+        "head.classifier.weight": 5,
+    }
+    assert migrate_state_dict(legacy) == {
+        "net.text_encoder.x": 0,
+        "net.heads.itm.seq_relationship.weight": 1,
+        "net.heads.mlm.predictions.bias": 2,
+        "net.image_tokenizer.encoder.conv_in.weight": 3,
+        "net.diffusion.unet.conv_in.weight": 4,
+        "net.heads.classification.classifier.weight": 5,
+    }
+    today = migrate_state_dict(legacy)
+    assert migrate_state_dict(today) == today
+    plain = {"head.weight": 0, "blocks.0.x": 1}  # a plain timm state dict is no LightningModule's
+    assert migrate_state_dict(plain) == plain
+    checkpoint = {"state_dict": dict(legacy), "current_model_state": {"net.a": 0, "head.b": 1}}
+    migrate_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] == today
+    assert checkpoint["current_model_state"] == {"net.a": 0, "net.heads.classification.b": 1}
+    with pytest.raises(CheckpointMismatchError, match="legacy key and its new name"):
+        migrate_state_dict({"net.heads.classification.w": 0, "head.w": 1})
 
 
 def test_plain_state_dict_works_too(tmp_path: Path) -> None:

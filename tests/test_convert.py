@@ -14,18 +14,19 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from fashion_vl.checkpoints.common import CheckpointLoadError, extract_state_dict, load_file
-from fashion_vl.checkpoints.lavis import convert_lavis_state_dict
-from fashion_vl.checkpoints.mmf import convert_mmf_state_dict
+from fashion_vl.build import build as build_run
 from fashion_vl.cli.convert import main
+from fashion_vl.convert.common import CheckpointLoadError, extract_state_dict, load_file
+from fashion_vl.convert.lavis import convert_lavis_state_dict
+from fashion_vl.convert.mmf import convert_mmf_state_dict
 from fashion_vl.models.vqvae import diffusers_to_taming
 from fashion_vl.utils.io import save_atomic
 from tests.conftest import compose_config
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-TINY_VQ = str(CONF / "model" / "vq_tokenizer_random_tiny.yaml")
+TINY_VQ = str(CONF / "model" / "image_tokenizer" / "vq_random_tiny.yaml")
 # our tiny FashionViL with a torchvision-layout ResNet (plain 7x7 stem, conv+bn downsample), as MMF's
 RESNET = ["model.image_encoder.name=resnet18"]
 MMF_MAX_POSITIONS = 128  # MMF sizes the visual position table like BERT's text table
@@ -57,22 +58,22 @@ def to_mmf(ours: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tens
             mmf["model.bert.embeddings.token_type_embeddings_visual.weight"] = torch.cat([value, unused])
         elif key == "net.contrastive_norm.scale":
             mmf["model.contrastive_norm.norm_s"] = value.reshape(1)  # NormalizationLayer: Parameter([s])
-        elif key.startswith("objectives.itm.head."):
-            mmf["model.heads.itm." + key.removeprefix("objectives.itm.head.")] = value
-        elif key.startswith("objectives.mlm.head.predictions."):
-            mmf["model.heads.mlm." + key.removeprefix("objectives.mlm.head.predictions.")] = value
-        elif key.startswith("objectives.mpfc.head.transform."):
-            mmf["model.heads.mpfc.0." + key.removeprefix("objectives.mpfc.head.transform.")] = value
-        elif key.startswith("objectives.mpfc.head.classifier."):
-            mmf["model.heads.mpfc.1." + key.removeprefix("objectives.mpfc.head.classifier.")] = value
-        elif key == "objectives.pac.head.weight":
+        elif key.startswith("net.heads.itm."):
+            mmf["model.heads.itm." + key.removeprefix("net.heads.itm.")] = value
+        elif key.startswith("net.heads.mlm.predictions."):
+            mmf["model.heads.mlm." + key.removeprefix("net.heads.mlm.predictions.")] = value
+        elif key.startswith("net.heads.mpfc.transform."):
+            mmf["model.heads.mpfc.0." + key.removeprefix("net.heads.mpfc.transform.")] = value
+        elif key.startswith("net.heads.mpfc.classifier."):
+            mmf["model.heads.mpfc.1." + key.removeprefix("net.heads.mpfc.classifier.")] = value
+        elif key == "net.heads.pac.weight":
             mmf["model.heads.pac.projection"] = value  # CosSim.projection [hidden, classes]
-        elif key.startswith("objectives.mpfc.tokenizer."):
-            tokenizer[key.removeprefix("objectives.mpfc.tokenizer.")] = value
-        elif key.startswith("head.transform."):
-            mmf["model.classifier.0." + key.removeprefix("head.transform.")] = value
-        elif key.startswith("head.classifier."):
-            mmf["model.classifier.1." + key.removeprefix("head.classifier.")] = value
+        elif key.startswith("net.image_tokenizer."):
+            tokenizer[key.removeprefix("net.image_tokenizer.")] = value
+        elif key.startswith("net.heads.classification.transform."):
+            mmf["model.classifier.0." + key.removeprefix("net.heads.classification.transform.")] = value
+        elif key.startswith("net.heads.classification.classifier."):
+            mmf["model.classifier.1." + key.removeprefix("net.heads.classification.classifier.")] = value
         else:
             raise KeyError(key)
     if tokenizer:
@@ -115,9 +116,10 @@ def build(tmp: Path, overrides: list[str], seed: int):
 
 
 def instantiate_lit(cfg, seed: int):
-    torch.manual_seed(seed)
-    net = instantiate(cfg.model, _convert_="all")
-    return instantiate(cfg.lit, net=net, _convert_="partial").eval()
+    """The run's LightningModule as fvl-train builds it (no data, no trainer), seeded with ``seed``."""
+    with open_dict(cfg):
+        cfg.seed = seed
+    return build_run(cfg, data=False, trainer=False).lit.eval()
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +169,14 @@ def net_outputs(net, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def pretrain_outputs(lit, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = net_outputs(lit.net, x)
-    heads = lit.objectives
+    heads = lit.net.heads
     out |= {
         "normalized_image": lit.net.encode_image(x["images"], normalize=True),
-        "itm": heads["itm"].head(out["pooled"]),
-        "mlm": heads["mlm"].head(out["fused_text"]),
-        "mpfc": heads["mpfc"].head(out["fused_visual"]),
-        "pac": heads["pac"].head(out["image"]),
-        "vq_indices": heads["mpfc"].tokenizer(x["images"]),
+        "itm": heads["itm"](out["pooled"]),
+        "mlm": heads["mlm"](out["fused_text"]),
+        "mpfc": heads["mpfc"](out["fused_visual"]),
+        "pac": heads["pac"](out["image"]),
+        "vq_indices": lit.net.image_tokenizer(x["images"]),
     }
     return out
 
@@ -318,11 +320,11 @@ def test_files_with_pickled_objects_need_trust(pretrain, tmp_path, capsys) -> No
 
 
 def _tiny_vq_architecture() -> dict:
-    cfg = OmegaConf.to_container(OmegaConf.load(TINY_VQ).vqmodel)
+    cfg = OmegaConf.to_container(OmegaConf.load(TINY_VQ).architecture)
     return {k: v for k, v in cfg.items() if not k.startswith("_")}
 
 
-def test_vqvae_encoder_file_feeds_the_vq_tokenizer_ckpt_config(tmp_path) -> None:
+def test_vqvae_encoder_file_feeds_the_vq_ckpt_tokenizer_config(tmp_path) -> None:
     from fashion_vl.models.vqvae import VQTokenizer, build_vqmodel
 
     torch.manual_seed(0)
@@ -334,9 +336,9 @@ def test_vqvae_encoder_file_feeds_the_vq_tokenizer_ckpt_config(tmp_path) -> None
         main(["vqvae", str(tmp_path / "vqvae_encoder.pth"), str(out), "--vqvae-architecture", TINY_VQ]) == 0
     )
 
-    cfg = OmegaConf.load(CONF / "model" / "vq_tokenizer_ckpt.yaml")
+    cfg = OmegaConf.load(CONF / "model" / "image_tokenizer" / "vq_ckpt.yaml")
     cfg.path = str(out)
-    tokenizer = instantiate(cfg)
+    tokenizer = instantiate(cfg)()  # a factory: the network calls it after building its encoder
     images = torch.randn(3, 3, 112, 112)
     assert torch.equal(tokenizer(images), reference(images))
 
@@ -491,11 +493,128 @@ def test_lavis_lossy_parts_are_reported() -> None:
     lavis = to_lavis(tiny_blip2().state_dict())
     itg = itg_head(lavis)
     itg["Qformer.cls.predictions.decoder.weight"] = itg["Qformer.cls.predictions.decoder.weight"] + 1
-    lavis |= itg | {"caption_proj.weight": torch.zeros(16, 32)}  # a UniFashion module outside the contract
+    lavis |= itg | {"unet.conv_in.weight": torch.zeros(8, 4, 3, 3)}  # Stable Diffusion's: not converted
     _, report = convert_lavis_state_dict(lavis)
-    assert list(report.unmapped) == ["caption_proj.weight"]
-    assert "outside the contract" in report.unmapped["caption_proj.weight"]
+    assert list(report.unmapped) == ["unet.conv_in.weight"]
+    assert "not converted" in report.unmapped["unet.conv_in.weight"]
     assert len(report.conflicts) == 1 and "decoder.weight" in report.conflicts[0]
+
+
+NOT_CONVERTED = ("llm_model", "unet", "vae", "text_encoder")  # the LLM's and Stable Diffusion's own weights
+
+
+def unifashion_modules(hidden: int = 32, embed: int = 16, queries: int = 4) -> dict[str, torch.Tensor]:
+    """The modules a UniFashion checkpoint holds besides BLIP-2's (xiangyu-mm/UniFashion@f01a46f,
+    src/lavis/models/blip2_models/blip2_qformer_cir_{cls,rerank,full}.py ``__init__``)."""
+    g = torch.Generator().manual_seed(3)
+    return {
+        "query_proj.weight": torch.randn(embed, embed, generator=g),  # Linear(embed_dim, embed_dim)
+        "query_proj.bias": torch.randn(embed, generator=g),
+        "caption_proj.weight": torch.randn(embed, hidden, generator=g),  # Linear(hidden, embed_dim)
+        "caption_proj.bias": torch.randn(embed, generator=g),
+        "llm_query_tokens": torch.zeros(1, queries, 64),
+        "ctx_embeddings_cache": torch.zeros(1, queries, hidden),
+        "proj_layer.LayerNorm.weight": torch.randn(hidden, generator=g),  # BLIP-Diffusion's ProjLayer
+        "proj_layer.LayerNorm.bias": torch.randn(hidden, generator=g),
+        "proj_layer.dense1.weight": torch.randn(3 * hidden, hidden, generator=g),
+        "proj_layer.dense1.bias": torch.randn(3 * hidden, generator=g),
+        "proj_layer.dense2.weight": torch.randn(hidden, 3 * hidden, generator=g),
+        "proj_layer.dense2.bias": torch.randn(hidden, generator=g),
+    }
+
+
+def test_lavis_leaves_unmapped_only_what_it_does_not_convert() -> None:
+    """Nothing our model has a place for is left unmapped: BLIP-2's keys and UniFashion's ProjLayer are
+    mapped, the modules the authors build but never read are skipped with that reason, and only the LLM's
+    and Stable Diffusion's own weights stay unmapped (not converted)."""
+    lavis = to_lavis(tiny_blip2().state_dict()) | unifashion_modules()
+    lavis |= {f"{part}.weight": torch.zeros(2) for part in ("llm_model.lm_head", "unet.conv_in", "vae.encoder.conv_in",
+                                                            "text_encoder.text_model.final_layer_norm")}  # fmt: skip
+    ours, report = convert_lavis_state_dict(lavis)
+    assert sorted(report.unmapped) == sorted(k for k in lavis if k.split(".")[0] in NOT_CONVERTED)
+    assert all("not converted" in reason for reason in report.unmapped.values())
+    skipped = ("query_proj.weight", "query_proj.bias", "caption_proj.weight", "caption_proj.bias",
+               "llm_query_tokens", "ctx_embeddings_cache")  # fmt: skip
+    for key in skipped:
+        assert "never reads it" in report.dropped[key], key
+    for key, value in unifashion_modules().items():
+        if key.startswith("proj_layer."):
+            assert torch.equal(ours[key], value), key  # under the names our ProjLayer uses
+    assert not (report.missing or report.mismatched or report.conflicts)
+
+
+def test_lavis_proj_layer_loads_into_the_diffusion_branch_and_is_ignored_by_the_qformer(tmp_path) -> None:
+    from fashion_vl.models.unifashion import build_qformer
+    from fashion_vl.models.unifashion.diffusion import ProjLayer, build_diffusion_branch
+
+    lavis = {
+        k: v for k, v in to_lavis(tiny_blip2().state_dict()).items() if not k.startswith("visual_encoder.")
+    }
+    extras = unifashion_modules()
+    torch.save({"epoch": 1, "Blip2QformerCirFull": lavis | extras}, tmp_path / "unifashion.pth")
+    out = tmp_path / "unifashion.ckpt"
+    assert main(["lavis", str(tmp_path / "unifashion.pth"), str(out)]) == 0  # skipped modules: no loss
+    build_qformer(
+        pretrained=False, num_query_tokens=4, embed_dim=16, bos_token_id=99, init_from=str(out), vocab_size=100,
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=40, cross_attention_frequency=2, encoder_hidden_size=32,
+    )  # fmt: skip
+    text = {"vocab_size": 50, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "max_position_embeddings": 40}  # fmt: skip
+    unet = {"sample_size": 8, "in_channels": 4, "out_channels": 4, "layers_per_block": 1,
+            "block_out_channels": [8, 16], "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "cross_attention_dim": 32,
+            "attention_head_dim": 4, "norm_num_groups": 4}  # fmt: skip
+    vae = {"block_out_channels": [8, 16], "down_block_types": ["DownEncoderBlock2D"] * 2,
+           "up_block_types": ["UpDecoderBlock2D"] * 2, "norm_num_groups": 4, "latent_channels": 4}  # fmt: skip
+    branch = build_diffusion_branch(pretrained=False, tokenizer="unused", query_dim=32, proj_hidden_dim=96,
+                                    resolution=16, unet=unet, vae=vae, text_encoder=text, proj_from=str(out))  # fmt: skip
+    expected = ProjLayer(32, 96, 32)
+    expected.load_state_dict(
+        {k.removeprefix("proj_layer."): v for k, v in extras.items() if k.startswith("proj_layer.")}
+    )
+    for (name, a), b in zip(expected.state_dict().items(), branch.proj.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_lavis_vit_from_the_cli_is_the_vit_that_runs(tmp_path, caplog) -> None:
+    """A file with the authors' EVA ViT (``visual_encoder.*``): ``fvl-convert lavis`` keeps it (under
+    transformers' names) and our FrozenViT (timm's EVA) loads it from the output, computing what the
+    original vision tower computes; one log line says where its weights come from."""
+    import logging
+
+    from fashion_vl.models.unifashion import FrozenViT
+
+    reference = tiny_blip2()
+    lavis = to_lavis(reference.state_dict())
+    torch.save({"epoch": 1, "Blip2QformerCirCls": {**lavis, **itg_head(lavis)}}, tmp_path / "unifashion.pth")
+    out = tmp_path / "unifashion.ckpt"
+    assert main(["lavis", str(tmp_path / "unifashion.pth"), str(out)]) == 0
+    with caplog.at_level(logging.INFO, logger="fashion_vl.models.unifashion.vision"):
+        vit = FrozenViT("eva_giant_patch14_clip_224", img_size=28, patch_size=14, embed_dim=32, depth=2,
+                        num_heads=4, mlp_ratio=1.5, init_from=str(out))  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("frozen ViT")]
+    assert len(lines) == 1 and "converted LAVIS/UniFashion checkpoint" in lines[0] and str(out) in lines[0]
+    ours = vit.trunk.state_dict()
+    for key, value in lavis.items():
+        if key.startswith("visual_encoder."):  # LAVIS's EVA names are timm's
+            assert torch.equal(ours[key.removeprefix("visual_encoder.")], value), key
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hidden = reference.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]
+        torch.testing.assert_close(vit(pixels), hidden, atol=1e-5, rtol=0)
+
+
+def test_a_vision_tower_with_a_key_bias_is_refused() -> None:
+    from fashion_vl.convert.lavis import timm_eva_state_dict
+    from fashion_vl.models.checkpoint import CheckpointMismatchError
+
+    ours, _ = convert_lavis_state_dict(to_lavis(tiny_blip2().state_dict()))
+    timm_eva_state_dict(ours)
+    key = "vision_model.encoder.layers.0.self_attn.qkv.bias"
+    ours[key] = ours[key] + 1
+    with pytest.raises(CheckpointMismatchError, match="non-zero key bias"):
+        timm_eva_state_dict(ours, source="x.ckpt")
 
 
 def test_state_dict_is_found_in_the_usual_wrappers() -> None:

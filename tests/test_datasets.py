@@ -19,7 +19,7 @@ from fashion_vl.data.formats import FashionGenSource
 from fashion_vl.data.images import ImageLoadError, load_image, resolve_image
 from fashion_vl.data.samplers import SampleKey
 from fashion_vl.data.transforms import resize_crop
-from fashion_vl.models.encoders.text import load_tokenizer
+from fashion_vl.hub import load_tokenizer
 
 TRANSFORM = resize_crop(train=True, size=32, resize=36)
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
+from fashion_vl.build import compose
 from fashion_vl.lit.callbacks import EMA
 
 DECAY = 0.5
@@ -102,13 +101,8 @@ def test_update_interval_and_start_step(tmp_path: Path) -> None:
 
 
 def test_config_instantiates() -> None:
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module("fashion_vl.conf", version_base=None):
-            cfg = compose("train", overrides=["callbacks=[default,ema]", "callbacks.ema.decay=0.99"])
-            plain = compose("train")
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose("train", ["callbacks=[default,ema]", "callbacks.ema.decay=0.99"])
+    plain = compose("train")
     assert "ema" not in plain.callbacks  # opt-in
     assert "checkpoint_last" in cfg.callbacks  # next to the default callbacks, not instead
     callback = instantiate(cfg.callbacks.ema)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,13 @@ from fashion_vl.data.composed import (
 )
 from fashion_vl.data.formats import Fashion200kSource, read_ocir, read_polyvore_metadata
 from fashion_vl.data.outfits import OutfitEvalDataset, OutfitPairDataset, collate_outfits
+from fashion_vl.data.products import ProductDataModule
 from fashion_vl.data.samplers import SampleKey
 from fashion_vl.data.transforms import resize_crop
 from fashion_vl.lit.classification import ClassificationModule
 from fashion_vl.metrics.composed import ComposedGalleryRecall, chance_group_recall
 from fashion_vl.models.csanet import CSANet
+from fashion_vl.models.heads import ClassificationHead
 from tests.test_models import tiny_fashionvil
 
 T = resize_crop(train=False, size=32, resize=36)
@@ -156,9 +159,19 @@ def test_csanet_freezes_last_stage_and_batchnorm_and_starts_from_fashionvil(tmp_
         CSANet(frozen_stages=("stage9",), **kwargs)
 
 
-def test_classification_label_switch_sets_the_head() -> None:
-    sub = ClassificationModule(tiny_fashionvil(), optimizer=None, label="subcategory")
-    cat = ClassificationModule(tiny_fashionvil(), optimizer=None, label="category")
-    assert sub.head.classifier.out_features == 121 and cat.head.classifier.out_features == 48
-    with pytest.raises(ValueError, match=r"lit\.label"):
-        ClassificationModule(tiny_fashionvil(), optimizer=None, label="colour")
+def test_classification_head_is_the_networks_sized_by_data_num_classes() -> None:
+    net = tiny_fashionvil(heads={"classification": functools.partial(ClassificationHead, num_classes=48)})
+    module = ClassificationModule(net, optimizer=None)
+    assert net.heads["classification"].classifier.out_features == 48
+    assert "net.heads.classification.classifier.weight" in module.state_dict()  # the network's weight
+    logits = module.logits(torch.randn(2, 3, 64, 64), torch.randint(5, 100, (2, 6)), torch.ones(2, 6))
+    assert logits.shape == (2, 48)
+    with pytest.raises(ValueError, match=r"lit\.head: the network has no head 'classification'"):
+        ClassificationModule(tiny_fashionvil(), optimizer=None)
+    # data.num_classes must be the size of data.label's space in FashionGen
+    common = {"tokenizer": "none", "train_transform": T, "eval_transform": T}
+    assert ProductDataModule(label="category", num_classes=48, **common).num_classes == 48
+    with pytest.raises(ValueError, match=r"data\.num_classes=121, but FashionGen has 48 category"):
+        ProductDataModule(label="category", num_classes=121, **common)
+    with pytest.raises(ValueError, match=r"data\.label"):
+        ProductDataModule(label="colour", **common)

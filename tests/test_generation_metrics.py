@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from fashion_vl.data.datamodules import ProductDataModule
 from fashion_vl.data.garment_labels import (
     GARMENT_VOCABS,
     GarmentLabelCollator,
@@ -20,10 +19,12 @@ from fashion_vl.data.garment_labels import (
     asked_from_texts,
     garment_labels,
 )
+from fashion_vl.data.products import ProductDataModule
 from fashion_vl.data.records import Product, ProductTable
 from fashion_vl.data.samplers import SampleKey
 from fashion_vl.data.synth.taxonomy import ATTRIBUTE_INDEX, CATEGORIES, COLOURS, PATTERNS
 from fashion_vl.data.transforms import resize_crop
+from fashion_vl.hub import PretrainedUnavailableError
 from fashion_vl.metrics.generation import (
     AttributeAccuracy,
     GenerationCLIPScore,
@@ -39,7 +40,8 @@ from fashion_vl.metrics.generation import (
     to_uint8,
 )
 from fashion_vl.models.attribute_judge import AttributeJudge
-from fashion_vl.models.hub import PretrainedUnavailableError
+
+GARMENT_HEADS = {name: len(words) for name, words in GARMENT_VOCABS.items()}
 
 
 class TinyFeatures(nn.Module):
@@ -236,7 +238,9 @@ def test_attribute_accuracy_counts_hand_made_logits() -> None:
 
 
 def test_attribute_judge_shapes_and_attribute_accuracy() -> None:
-    judge = AttributeJudge("resnet10t", image_size=32, channels=[8, 16, 16, 32], stem_width=8)
+    judge = AttributeJudge(
+        "resnet10t", heads=GARMENT_HEADS, image_size=32, channels=[8, 16, 16, 32], stem_width=8
+    )
     images = _images(5, 0)  # 16 px, [-1, 1]: preprocess resizes to 32 and normalises
     x = judge.preprocess(images)
     assert x.shape == (5, 3, 32, 32)
@@ -284,6 +288,17 @@ def test_garment_labels_from_records_and_prompts() -> None:
     assert set(GARMENT_VOCABS) == {"colour", "category", "pattern"}
 
 
+def test_judge_config_heads_are_the_taxonomys_vocabularies() -> None:
+    """The judge's heads come from its config (model/attribute_judge.yaml), not from the synthetic
+    taxonomy imported by the model; they must agree with the labels the judge's data gives."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "attribute_judge.yaml")
+    assert dict(config.heads) == GARMENT_HEADS
+    with pytest.raises(ValueError, match=r"model\.heads"):
+        AttributeJudge("resnet10t")
+
+
 @pytest.mark.parametrize("module", ["garments", "products"])
 @pytest.mark.parametrize("first_only", [False, True])
 def test_train_first_image(tmp_path: Path, first_only: bool, module: str) -> None:
@@ -296,7 +311,7 @@ def test_train_first_image(tmp_path: Path, first_only: bool, module: str) -> Non
     table = ProductTable("FashionGen", "train", tmp_path, tmp_path / "train.json")
     table.products = [Product(p, images, "Red wool coat") for p in range(4)]
     source = mock.Mock(read=mock.Mock(return_value=table))
-    transform = resize_crop(train=False, size=4, resize=4, mean=(0, 0, 0), std=(1, 1, 1))
+    transform = resize_crop(train=False, size=4, resize=4)
     common = {"train_first_image": first_only, "train_transform": transform, "eval_transform": transform}
     if module == "garments":
         dm = GarmentLabelDataModule(train_source=source, **common)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fashion_vl.data.masking import IGNORE_INDEX, BlockMasking, WholeWordMasking, soft_attribute_targets
-from fashion_vl.models.encoders.text import load_tokenizer
+from fashion_vl.hub import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +95,12 @@ def test_soft_targets_sum_to_one_and_check_range() -> None:
     assert targets[0, 3] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="product 9: attribute id 12"):
         soft_attribute_targets([(12,)], num_classes=10, product_ids=[9])
+
+
+def test_soft_targets_count_a_repeated_attribute_id_once() -> None:
+    """A product whose ids repeat one gets a distribution over its distinct attributes (the reference's
+    renormalised row), not weights summing below 1."""
+    targets = soft_attribute_targets([(3, 3, 7), (4, 4)], num_classes=10, product_ids=[1, 2])
+    assert torch.allclose(targets.sum(1), torch.ones(2))
+    assert targets[0, 3] == targets[0, 7] == pytest.approx(0.5)
+    assert targets[1, 4] == 1.0

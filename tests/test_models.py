@@ -9,17 +9,18 @@ import time
 import pytest
 import torch
 
-from fashion_vl.models import hub
+from fashion_vl import hub
+from fashion_vl.hub import load_tokenizer
 from fashion_vl.models.encoders.image import GridImageEncoder, create_timm_trunk
-from fashion_vl.models.encoders.text import build_bert, load_tokenizer
+from fashion_vl.models.encoders.text import build_bert
 from fashion_vl.models.fashionvil import FashionViL, masked_mean
 
 
-def tiny_fashionvil(vocab: int = 100) -> FashionViL:
+def tiny_fashionvil(vocab: int = 100, **kwargs) -> FashionViL:
     image = GridImageEncoder("resnet10t", output_stride=16, channels=(8, 16, 32, 64), stem_width=8)
     text = build_bert(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=64, max_position_embeddings=64)  # fmt: skip
-    return FashionViL(image, text).eval()
+    return FashionViL(image, text, **kwargs).eval()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.run_if import run_if
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,3 +52,28 @@ def test_unifashion_demos_install_the_extra_their_llm_needs(tmp_path: Path) -> N
         ).stdout  # fmt: skip
         installs_extra = '-e ".[unifashion]"' in plan
         assert installs_extra == (target != "demo"), f"make {target}:\n{plan}"
+
+
+def _lint_imports(root: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lint-imports")], cwd=root, env=env, capture_output=True, text=True
+    )
+
+
+@run_if(packages=("importlinter",))
+def test_the_import_layer_contract_holds_and_refuses_a_back_import(tmp_path: Path) -> None:
+    """pyproject.toml's layers contract (what `make lint` and .ci/run check) holds for the package, and
+    fails, naming the import, when a lower layer imports a higher one (data -> models here)."""
+    kept = _lint_imports(ROOT)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    copy = tmp_path / "src"
+    shutil.copytree(
+        ROOT / "src" / "fashion_vl", copy / "fashion_vl", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    with (copy / "fashion_vl" / "data" / "collate.py").open("a") as f:
+        f.write("\nfrom fashion_vl.models.fashionvil import FashionViL  # noqa\n")
+    env = {**os.environ, "PYTHONPATH": str(copy)}  # the copy, not the installed package
+    broken = _lint_imports(tmp_path, env)
+    assert broken.returncode != 0
+    assert "fashion_vl.data.collate -> fashion_vl.models.fashionvil" in broken.stdout

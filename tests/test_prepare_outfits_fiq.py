@@ -11,16 +11,12 @@ import pytest
 from PIL import Image
 
 from fashion_vl.cli.data import main
-from fashion_vl.data.composed import fashioniq_eval_items
-from fashion_vl.data.datamodules import FashionIQDataModule, PolyvoreOCIRDataModule
+from fashion_vl.data.composed import FashionIQDataModule, fashioniq_eval_items
 from fashion_vl.data.formats import POLYVORE_RAW_CATEGORY_IDS, PolyvoreItemSource, read_ocir
-from fashion_vl.data.prepare.fashioniq_cap import (
-    clean_entries,
-    is_degenerate,
-    normalize_space,
-    repeat_share,
-)
-from fashion_vl.data.tokenizer import train_wordpiece
+from fashion_vl.data.formats.fashioniq_cap import is_degenerate, normalize_space, repeat_share
+from fashion_vl.data.outfits import PolyvoreOCIRDataModule
+from fashion_vl.data.prepare.fashioniq_cap import clean_entries
+from fashion_vl.data.synth.tokenizer import train_wordpiece
 from fashion_vl.data.transforms import resize_crop
 
 CATEGORIES = ("dress", "shirt", "toptee")

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fashion_vl.cli.data import main
-from fashion_vl.data.datamodules import ProductDataModule
 from fashion_vl.data.formats import BigFACADSource, Fashion200kSource, FashionGenSource, ProductSource
 from fashion_vl.data.prepare import fashiongen
-from fashion_vl.data.tokenizer import train_wordpiece
+from fashion_vl.data.products import ProductDataModule
+from fashion_vl.data.synth.tokenizer import train_wordpiece
 from fashion_vl.data.transforms import resize_crop
 
 # --------------------------------------------------------------------------- fixtures in official layouts
@@ -209,6 +210,38 @@ def test_fashiongen_converts_official_hdf5(
         assert img.size == (32, 32) and img.mode == "RGB"
     assert_loads({"fashiongen": FashionGenSource(out, "train")}, tokenizer_dir, FashionGenSource(out, "val"))
     assert_check_passes(out)
+
+
+def test_fashiongen_array_store_holds_the_png_pixels(
+    fashiongen_raw: Path, tmp_path: Path, tokenizer_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashion_vl.data.images import read_image
+
+    monkeypatch.setattr(fashiongen, "CHUNK_ROWS", 4)  # the store is filled chunk by chunk
+    out = tmp_path / "datasets"
+    assert prepare("fashiongen", fashiongen_raw, out, "--image-store", "both") == 0
+    for split in ("train", "val"):
+        table = FashionGenSource(out, split).read(image_store="array")
+        names = [n for p in table.products for n in p.images]
+        assert len(table.store) == len(names) == 6
+        for name in names:
+            assert torch.equal(table.store.load(name), read_image(table.image_dir / name)), name
+    only = tmp_path / "array_only"
+    assert prepare("fashiongen", fashiongen_raw, only, "--image-store", "array") == 0
+    assert not (only / "FashionGen" / "train").exists()
+    assert read(only / "FashionGen" / "train_info.json") == read(out / "FashionGen" / "train_info.json")
+    assert_check_passes(only)
+    dm = ProductDataModule(
+        train_sources={"fashiongen": FashionGenSource(only, "train")},
+        tokenizer=tokenizer_dir,
+        train_transform=resize_crop(True, size=16, resize=20),
+        eval_transform=resize_crop(False, size=16, resize=20),
+        batch_size=2,
+        num_workers=0,
+        image_store="array",
+    )
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].shape == (2, 3, 16, 16)
 
 
 def test_fashiongen_missing_dataset_names_file_and_key(

@@ -15,10 +15,14 @@ from torch import nn
 
 from fashion_vl import losses as L
 from fashion_vl.data.masking import IGNORE_INDEX
-from fashion_vl.lit.pretrain import REFERENCE_TASK_WEIGHTS, PretrainModule, TaskSampler
+from fashion_vl.lit.objectives import TaskSampler
+from fashion_vl.lit.pretrain import REFERENCE_TASK_WEIGHTS, PretrainModule
+from fashion_vl.losses import StepContext
 from fashion_vl.losses.itm import hardest_negatives, pair_texts
 from fashion_vl.losses.mvc import dropout_positions
 from fashion_vl.losses.pac import soft_cross_entropy
+from fashion_vl.models.fashionvil import FashionViL
+from fashion_vl.models.heads import CosineClassifier, ItmHead, MlmHead, MpfcHead
 from tests.helpers.ports import free_port
 from tests.test_models import tiny_fashionvil
 
@@ -35,6 +39,17 @@ class StandInTokenizer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.conv(images).flatten(2).argmax(1)
+
+
+def pretrain_net() -> FashionViL:
+    """The tiny FashionViL with the pre-training heads (20 attributes) and the stand-in tokenizer."""
+    heads = {
+        "itm": ItmHead,
+        "pac": functools.partial(CosineClassifier.for_network, num_classes=20),
+        "mlm": MlmHead,
+        "mpfc": MpfcHead,
+    }
+    return tiny_fashionvil(image_tokenizer=StandInTokenizer(), heads=heads)
 
 
 def fake_batch(b: int = 6, length: int = 10, seed: int = 0) -> dict:
@@ -128,46 +143,48 @@ def test_pac_soft_cross_entropy_matches_hand_computation_and_skips_products_with
     # log_softmax = [log(1/4), log(3/4)]
     expected = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
     assert soft_cross_entropy(logits, targets).item() == pytest.approx(expected)
-    net = tiny_fashionvil()
-    pac = L.PacLoss(net, num_classes=20)
+    # a row of weights summing below 1 is renormalised, not scaled down (the reference's normalize_targets)
+    assert soft_cross_entropy(logits, targets / 3).item() == pytest.approx(expected)
+    net = pretrain_net()
+    pac = L.PacLoss()
     batch = fake_batch()
-    full = pac(net, batch, torch.Generator())["loss"]
+    full = pac(net, batch, StepContext(torch.Generator()))["loss"]
     subset = {k: (v[:-1] if torch.is_tensor(v) else v) for k, v in batch.items()}
-    assert torch.allclose(full, pac(net, subset, torch.Generator())["loss"], atol=1e-6)
+    assert torch.allclose(full, pac(net, subset, StepContext(torch.Generator()))["loss"], atol=1e-6)
 
 
 def test_cosine_classifier_is_unscaled_by_default() -> None:
-    head = L.PacLoss(tiny_fashionvil(), num_classes=20).head
+    head = pretrain_net().heads["pac"]
     logits = head(torch.randn(5, 32))
     assert logits.abs().max() <= 1.0 + 1e-6
 
 
 def test_mlm_head_is_tied_and_ignores_unmasked_positions() -> None:
-    net = tiny_fashionvil()
-    mlm = L.MlmLoss(net)
-    assert mlm.head.predictions.decoder.weight is net.text_encoder.embeddings.word_embeddings.weight
+    net = pretrain_net()
+    mlm = L.MlmLoss()
+    assert net.heads["mlm"].predictions.decoder.weight is net.text_encoder.embeddings.word_embeddings.weight
     batch = fake_batch()
-    loss = mlm(net.eval(), batch, torch.Generator())["loss"]
+    loss = mlm(net.eval(), batch, StepContext(torch.Generator()))["loss"]
     batch["mlm_labels"][:, 5] = IGNORE_INDEX  # already ignored: nothing changes
-    assert torch.allclose(loss, mlm(net, batch, torch.Generator())["loss"])
+    assert torch.allclose(loss, mlm(net, batch, StepContext(torch.Generator()))["loss"])
     batch["mlm_labels"][:] = IGNORE_INDEX
-    empty = mlm(net, batch, torch.Generator())["loss"]
+    empty = mlm(net, batch, StepContext(torch.Generator()))["loss"]
     assert empty.item() == 0.0 and empty.requires_grad
 
 
 def test_mpfc_loss_uses_masked_cells_only() -> None:
     torch.manual_seed(0)
-    net = tiny_fashionvil().eval()
-    mpfc = L.MpfcLoss(net, tokenizer=StandInTokenizer())
+    net = pretrain_net().eval()
+    mpfc = L.MpfcLoss()
     batch = fake_batch()
     batch["patch_labels"] = torch.randint(0, 16, (6, 49))
-    loss = mpfc(net, batch, torch.Generator())["loss"]
+    loss = mpfc(net, batch, StepContext(torch.Generator()))["loss"]
     batch["patch_labels"][:, :10] = (batch["patch_labels"][:, :10] + 1) % 16  # change unmasked cells only
-    assert torch.allclose(loss, mpfc(net, batch, torch.Generator())["loss"])
+    assert torch.allclose(loss, mpfc(net, batch, StepContext(torch.Generator()))["loss"])
     batch["patch_labels"][:, 12] = (batch["patch_labels"][:, 12] + 1) % 16  # a masked cell
-    assert not torch.allclose(loss, mpfc(net, batch, torch.Generator())["loss"])
+    assert not torch.allclose(loss, mpfc(net, batch, StepContext(torch.Generator()))["loss"])
     del batch["patch_labels"]  # now from the tokenizer, on the same images
-    assert torch.isfinite(mpfc(net, batch, torch.Generator())["loss"])
+    assert torch.isfinite(mpfc(net, batch, StepContext(torch.Generator()))["loss"])
 
 
 def test_mvc_dropout_counts_follow_the_reference() -> None:
@@ -183,8 +200,8 @@ def test_mvc_dropout_counts_follow_the_reference() -> None:
 
 def test_mvc_composed_vector_divides_by_kept_count() -> None:
     net = tiny_fashionvil().eval()
-    mvc = L.MvcLoss(net, max_text_length=10)
-    out = mvc(net, fake_batch(), torch.Generator().manual_seed(1))
+    mvc = L.MvcLoss(max_text_length=10)
+    out = mvc(net, fake_batch(), StepContext(torch.Generator().manual_seed(1)))
     assert torch.isfinite(out["loss"])
 
 
@@ -206,15 +223,15 @@ def test_task_sampler_follows_weights_and_is_a_function_of_the_step() -> None:
 
 def make_module(mode: str = "sum") -> PretrainModule:
     objectives = {
-        "itc": functools.partial(L.ItcLoss),
-        "itm": functools.partial(L.ItmLoss),
-        "mlm": functools.partial(L.MlmLoss),
-        "mpfc": functools.partial(L.MpfcLoss, tokenizer=StandInTokenizer()),
-        "mvc": functools.partial(L.MvcLoss, max_text_length=10),
-        "pac": functools.partial(L.PacLoss, num_classes=20),
+        "itc": L.ItcLoss(),
+        "itm": L.ItmLoss(),
+        "mlm": L.MlmLoss(),
+        "mpfc": L.MpfcLoss(),
+        "mvc": L.MvcLoss(max_text_length=10),
+        "pac": L.PacLoss(),
     }
     return PretrainModule(
-        tiny_fashionvil(),
+        pretrain_net(),
         objectives,
         REFERENCE_TASK_WEIGHTS,
         optimizer=functools.partial(torch.optim.AdamW, lr=1e-4),
@@ -225,7 +242,7 @@ def make_module(mode: str = "sum") -> PretrainModule:
 def test_every_objective_trains_in_sum_mode() -> None:
     module = make_module().train()
     for name, objective in module.objectives.items():
-        out = objective(module.net, fake_batch(), torch.Generator().manual_seed(0))
+        out = objective(module.net, fake_batch(), StepContext(torch.Generator().manual_seed(0)))
         out["loss"].backward()
         assert torch.isfinite(out["loss"]), name
     grads = {
@@ -233,7 +250,7 @@ def test_every_objective_trains_in_sum_mode() -> None:
         for n, p in module.named_parameters()
         if p.requires_grad
     }
-    assert grads["objectives.itm.head.seq_relationship.weight"] and grads["objectives.pac.head.weight"]
+    assert grads["net.heads.itm.seq_relationship.weight"] and grads["net.heads.pac.weight"]
     assert (
         grads["net.image_encoder.trunk.conv1.0.weight"]
         and grads["net.visual_embeddings.position_embeddings.weight"]
@@ -246,12 +263,12 @@ def test_parameter_groups_follow_the_reference() -> None:
     groups = {g["name"]: g for g in optimizer.param_groups}
     by_id = {id(p): g["name"] for g in optimizer.param_groups for p in g["params"]}
     params = dict(module.named_parameters())
-    assert by_id[id(params["objectives.mpfc.head.classifier.weight"])] == "fast"
+    assert by_id[id(params["net.heads.mpfc.classifier.weight"])] == "fast"
     assert by_id[id(params["net.visual_embeddings.projection.weight"])] == "fast"
     assert by_id[id(params["net.text_encoder.encoder.layer.0.attention.self.query.weight"])] == "base"
     assert by_id[id(params["net.text_encoder.encoder.layer.0.output.LayerNorm.weight"])] == "base_no_decay"
     # the tied MLM decoder is BERT's word embedding table: it trains at BERT's learning rate
-    assert by_id[id(module.objectives.mlm.head.predictions.decoder.weight)] == "base"
+    assert by_id[id(module.net.heads.mlm.predictions.decoder.weight)] == "base"
     assert groups["fast"]["lr"] == pytest.approx(20 * groups["base"]["lr"])
-    frozen = {id(p) for p in module.objectives.mpfc.tokenizer.parameters()}
+    frozen = {id(p) for p in module.net.image_tokenizer.parameters()}
     assert not frozen & set(by_id)  # the frozen VQ tokenizer has no optimizer state

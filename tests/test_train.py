@@ -81,13 +81,13 @@ def test_killed_run_resumes_mid_epoch_to_the_same_weights(
     assert full["trainer"].global_step == 12
 
     cfg = resume_config(tmp_path / "crash", synth_dir, workers)
-    import fashion_vl.cli.train as train_module
+    import fashion_vl.build as build_module
 
-    original = train_module.trainer_callbacks
-    monkeypatch.setattr(train_module, "trainer_callbacks", lambda c: [*original(c), Kill(9)])
+    original = build_module.trainer_callbacks
+    monkeypatch.setattr(build_module, "trainer_callbacks", lambda c: [*original(c), Kill(9)])
     with pytest.raises(Kill.Crash):
         train(cfg)
-    monkeypatch.setattr(train_module, "trainer_callbacks", original)
+    monkeypatch.setattr(build_module, "trainer_callbacks", original)
     assert torch.load(tmp_path / "crash" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
 
     _, resumed = train(resume_config(tmp_path / "crash", synth_dir, workers))  # ckpt_path=last

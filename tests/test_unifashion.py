@@ -16,8 +16,15 @@ from transformers import Blip2Config, Blip2ForImageTextRetrieval
 
 from fashion_vl.cli.eval import evaluate
 from fashion_vl.cli.train import train
-from fashion_vl.lit.unifashion import UniFashionPretrainModule
-from fashion_vl.losses import CaptionLoss, ItgLoss, MultiQueryContrastiveLoss, QueryItcLoss, QueryItmLoss
+from fashion_vl.lit.unifashion_phase1 import UniFashionPretrainModule
+from fashion_vl.losses import (
+    CaptionLoss,
+    ItgLoss,
+    MultiQueryContrastiveLoss,
+    QueryItcLoss,
+    QueryItmLoss,
+    StepContext,
+)
 from fashion_vl.losses.itc import max_over_queries
 from fashion_vl.losses.itm import mine_negatives
 from fashion_vl.metrics.captioning import caption_scores, meteor, tokenize
@@ -122,8 +129,9 @@ def test_frozen_parts_get_no_gradient_and_stay_identical_after_a_step(tokenizer_
 
     batch = fake_batch()
     enc = net.encode_pair(batch["image"], batch["input_ids"], batch["attention_mask"])
-    g = torch.Generator().manual_seed(0)
-    loss = sum(w * lit.objectives[n](net, enc, batch, g)["loss"] for n, w in lit.weights.items())
+    step = StepContext(torch.Generator().manual_seed(0), enc)
+    weights = lit.objectives.sampler(0)  # sum mode: every objective and its weight
+    loss = sum(w * lit.objectives[n](net, batch, step)["loss"] for n, w in weights)
     loss.backward()
     assert all(p.grad is None for p in [*net.image_encoder.parameters(), *net.llm.parameters()])
     assert net.qformer.llm_proj.weight.grad is not None and net.qformer.itm_head.weight.grad is not None
@@ -177,7 +185,7 @@ def test_public_blip2_state_dict_loads_with_no_missing_or_unexpected_keys(tmp_pa
         if not key.startswith("vision_model.") or target != key:
             assert torch.equal(state[target], value), key
 
-    public.save_pretrained(tmp_path / "blip2")  # by name, through models.hub (a local folder here)
+    public.save_pretrained(tmp_path / "blip2")  # by name, through fashion_vl.hub (a local folder here)
     loaded = build_qformer(
         name=str(tmp_path / "blip2"),
         pretrained=True,
@@ -230,6 +238,7 @@ def test_frozen_vit_takes_the_phase1_runs_weights_whatever_the_seed(tmp_path: Pa
     for (name, a), b in zip(phase1.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not any(p.requires_grad for p in loaded.parameters())
+    assert loaded.weights_source == f"the run checkpoint {ckpt} (net.image_encoder.*)"
 
 
 def test_frozen_vit_stays_as_built_from_a_checkpoint_without_vit_weights(tmp_path: Path) -> None:
@@ -238,6 +247,17 @@ def test_frozen_vit_stays_as_built_from_a_checkpoint_without_vit_weights(tmp_pat
     built = tiny_vit(seed=3)
     loaded = tiny_vit(seed=3, init_from=str(ckpt))
     assert torch.equal(built.trunk.pos_embed, loaded.trunk.pos_embed)
+    assert built.weights_source == "a random initialisation (pretrained=false)"
+    assert loaded.weights_source == f"a random initialisation (pretrained=false); {ckpt} holds no ViT weights"
+
+
+def test_frozen_vit_says_once_which_weights_it_runs_with(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="fashion_vl.models.unifashion.vision"):
+        tiny_vit(seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fashion_vl.models.unifashion.vision"]
+    assert lines == ["frozen ViT eva_giant_patch14_clip_224: a random initialisation (pretrained=false)"]
 
 
 def test_frozen_vit_from_a_run_at_another_image_size_resamples_the_position_grid(tmp_path: Path) -> None:
@@ -339,7 +359,7 @@ class RecordingQFormer(torch.nn.Module):
         self.temp = torch.nn.Parameter(torch.tensor(0.1))
         self.pairs = None
 
-    def itm_logits(self, tokens, ids, mask):
+    def itm_logits(self, tokens, ids, mask, query_tokens=None):
         self.pairs = (tokens, ids, mask)
         return torch.zeros(ids.shape[0], 2, requires_grad=True)
 
@@ -354,7 +374,7 @@ def test_itm_pairs_each_image_and_text_with_its_hardest_negative() -> None:
     net = torch.nn.Module()
     net.qformer = RecordingQFormer()
     enc = ImageTextEncoding(tokens, None, image, text)
-    out = QueryItmLoss("argmax")(net, enc, batch, torch.Generator())
+    out = QueryItmLoss("argmax")(net, batch, StepContext(torch.Generator(), enc))
     pair_tokens, pair_ids, _ = net.qformer.pairs
     # pos pairs, then (text i, its hardest image), then (image i, its hardest text)
     # sim[i, t] = 1 if t == i, 0.5 if t == i+1: image i's negative text is i+1; text t's negative image is t-1
@@ -543,7 +563,7 @@ def test_freeze_qformer_leaves_only_the_llm_bridge_training(tokenizer_dir: str) 
     before = {k: v.clone() for k, v in net.qformer.state_dict().items() if not k.startswith("llm_proj")}
     batch = fake_batch()
     enc = net.encode_pair(batch["image"], batch["input_ids"], batch["attention_mask"])
-    out = lit.objectives["caption"](net, enc, batch, torch.Generator().manual_seed(0))
+    out = lit.objectives["caption"](net, batch, StepContext(torch.Generator().manual_seed(0), enc))
     out["loss"].backward()
     optimizer.step()
     after = net.qformer.state_dict()

@@ -22,6 +22,7 @@ from fashion_vl.cli.train import train
 from fashion_vl.data.composed import fashioniq_eval_items
 from fashion_vl.data.formats import FASHIONIQ_CATEGORIES, DataFormatError
 from fashion_vl.data.formats.fashioniq_cap import read_fashioniq_cap
+from fashion_vl.losses import StepContext
 from fashion_vl.losses.composed import masked_contrastive
 from fashion_vl.metrics.composed import ComposedGalleryRecall, chance_group_recall
 from fashion_vl.models.unifashion import FrozenViT, UniFashion, build_qformer
@@ -195,7 +196,7 @@ def test_fashioniq_cap_reader_strips_drops_degenerate_and_names_the_missing_fiel
 
 
 def test_fashioniq_datamodule_gives_target_captions(synth_dir: Path) -> None:
-    from fashion_vl.data.datamodules import FashionIQDataModule
+    from fashion_vl.data.composed import FashionIQDataModule
     from fashion_vl.data.transforms import target_pad
 
     transform = target_pad(train=False, size=28)
@@ -213,7 +214,7 @@ def test_fashioniq_datamodule_gives_target_captions(synth_dir: Path) -> None:
 def test_itm_rescore_is_the_match_logit_as_in_compute_itm_or_its_probability() -> None:
     """Re-ranking adds the ITM score to the ITC cosine: by default the match-class logit averaged over the
     queries (the reference's and LAVIS's ``compute_itm``), not its probability squashed into [0, 1]."""
-    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.lit.unifashion_phase2 import UniFashionComposedModule
     from fashion_vl.losses.composed import ComposedItcLoss
 
     def module(**kwargs) -> UniFashionComposedModule:
@@ -249,7 +250,7 @@ def test_itm_rescore_is_the_match_logit_as_in_compute_itm_or_its_probability() -
 def test_rerank_score_adds_the_itc_cosine_or_its_logit_to_the_itm_score() -> None:
     """``rerank_itc_score``: ``cosine`` adds weight x the candidate's ITC cosine (max over its vectors),
     ``logit`` the cosine over the learned temperature; weight 0 leaves the ITM score alone."""
-    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.lit.unifashion_phase2 import UniFashionComposedModule
     from fashion_vl.losses.composed import ComposedItcLoss
 
     def module(**kwargs) -> UniFashionComposedModule:
@@ -276,15 +277,15 @@ def test_rerank_score_adds_the_itc_cosine_or_its_logit_to_the_itm_score() -> Non
 def test_itm_on_modification_text_trains_on_the_pairs_reranking_scores() -> None:
     """``itm_text: modification``: the ITM objective sees (target image, modification text), the pairs
     :meth:`itm_rescore` scores at test time, with negatives mined from the modification texts' features."""
-    from fashion_vl.lit.unifashion_composed import ItmOnModificationText, UniFashionComposedModule
-    from fashion_vl.losses.composed import ComposedItcLoss, TargetItmLoss
+    from fashion_vl.lit.unifashion_phase2 import UniFashionComposedModule
+    from fashion_vl.losses.composed import ComposedItcLoss, ItmOnModificationText, TargetItmLoss
     from fashion_vl.models.outputs import ComposedEncoding
 
     seen = {}
 
     class Spy(torch.nn.Module):
-        def forward(self, net, enc, batch, generator):
-            seen.update(enc=enc, batch=batch)
+        def forward(self, net, batch, step):
+            seen.update(enc=step.encoding, batch=batch)
             return {"loss": torch.zeros(())}
 
     net = tiny_net()
@@ -293,7 +294,7 @@ def test_itm_on_modification_text_trains_on_the_pairs_reranking_scores() -> None
     batch = {"input_ids": ids, "attention_mask": mask, "target_input_ids": caption_ids,
              "target_attention_mask": (caption_ids != 0).long(), "target_key": torch.tensor([0, 1])}  # fmt: skip
     enc = ComposedEncoding(*(torch.zeros(2, 1) for _ in range(5)), torch.tensor(0.07))
-    ItmOnModificationText(Spy())(net, enc, batch, torch.Generator())
+    ItmOnModificationText(Spy())(net, batch, StepContext(torch.Generator(), enc))
     assert seen["batch"]["target_input_ids"] is ids and seen["batch"]["target_attention_mask"] is mask
     with torch.no_grad():
         torch.testing.assert_close(seen["enc"].caption_feat, net.encode_text(ids, mask))
@@ -378,7 +379,7 @@ def test_composed_itm_pairs_reference_and_target_with_the_modification_text() ->
             self.qformer = _RecordingQFormer()
 
     net = Net()
-    out = ComposedItmLoss("argmax")(net, enc, batch, torch.Generator())
+    out = ComposedItmLoss("argmax")(net, batch, StepContext(torch.Generator(), enc))
     tokens, text = net.qformer.pairs
     assert tokens.shape == (3 * n, 3, 4)  # reference tokens, then the candidate's
     assert (tokens[:, 0, 0] == torch.cat([reference[:, 0, 0]] * 3)).all()
@@ -395,11 +396,13 @@ def test_composed_itm_pairs_reference_and_target_with_the_modification_text() ->
     assert (keys[candidate[n : 2 * n]] != keys).all() and (keys[text[2 * n :]] != keys).all()
     assert set(out) >= {"loss", "acc"}
     with pytest.raises(KeyError, match="reference"):
-        ComposedItmLoss()(net, dataclasses.replace(enc, reference_tokens=None), batch, torch.Generator())
+        ComposedItmLoss()(
+            net, batch, StepContext(torch.Generator(), dataclasses.replace(enc, reference_tokens=None))
+        )
 
 
 def test_rerank_with_reference_reads_the_reference_tokens_before_the_candidates() -> None:
-    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.lit.unifashion_phase2 import UniFashionComposedModule
     from fashion_vl.losses.composed import ComposedItcLoss
 
     m = UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss()}, {"itc": 1.0},
@@ -429,7 +432,7 @@ class _RecordingQFormer(torch.nn.Module):
         self.temp = torch.nn.Parameter(torch.tensor(0.1))
         self.pairs = None
 
-    def itm_logits(self, tokens, ids, mask):
+    def itm_logits(self, tokens, ids, mask, query_tokens=None):
         self.pairs = (tokens.detach().clone(), ids.clone())
         return torch.zeros(tokens.shape[0], 2, requires_grad=True)
 
@@ -460,7 +463,7 @@ def test_phase2_itm_negatives_skip_same_target_copies_and_follow_the_step_genera
 
     def pairs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         net = Net()
-        TargetItmLoss(negatives)(net, enc, batch, torch.Generator().manual_seed(seed))
+        TargetItmLoss(negatives)(net, batch, StepContext(torch.Generator().manual_seed(seed), enc))
         pair_tokens, pair_ids = net.qformer.pairs
         image = pair_tokens[:, 0, 0].long()
         text = pair_ids[:, 0] - 10
@@ -483,7 +486,7 @@ def test_phase2_itm_negatives_skip_same_target_copies_and_follow_the_step_genera
 
 
 def _rerank_module(top_k: int = 3):
-    from fashion_vl.lit.unifashion_composed import UniFashionComposedModule
+    from fashion_vl.lit.unifashion_phase2 import UniFashionComposedModule
     from fashion_vl.losses.composed import ComposedItcLoss
 
     return UniFashionComposedModule(tiny_net(), {"itc": ComposedItcLoss()}, {"itc": 1.0},

@@ -6,14 +6,17 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from fashion_vl.cli.train import train
-from fashion_vl.data.tokenizer import train_wordpiece
-from fashion_vl.losses.diffusion import DiffusionObjective
-from fashion_vl.models.hub import PretrainedUnavailableError
+from fashion_vl.data.garment_labels import GARMENT_VOCABS
+from fashion_vl.data.synth.tokenizer import train_wordpiece
+from fashion_vl.hub import PretrainedUnavailableError
+from fashion_vl.losses import StepContext
+from fashion_vl.losses.diffusion import DiffusionLoss
 from fashion_vl.models.outputs import ImageTextEncoding
 from fashion_vl.models.unifashion.diffusion import (
     DiffusionBranch,
@@ -24,6 +27,7 @@ from fashion_vl.models.unifashion.diffusion import (
 from tests.conftest import compose_config
 
 WIDTH = 32  # Q-Former and CLIP text width (ProjLayer is residual)
+GARMENT_HEADS = {name: len(words) for name, words in GARMENT_VOCABS.items()}
 QUERIES = 4
 PROMPTS = ["red silk dress", "navy wool coat with buttons"]
 TEXT = dict(
@@ -179,8 +183,9 @@ def test_ddim_sampling_is_deterministic_for_a_seed(tokenizer_dir: str) -> None:
 
 def test_frozen_parts_get_no_grad_and_stay_identical_while_proj_and_unet_learn(tokenizer_dir: str) -> None:
     branch = tiny_branch(tokenizer_dir)
-    objective = DiffusionObjective(branch, condition_drop=0.5)
-    objective.train()
+    net = SimpleNamespace(diffusion=branch)  # the network's branch is all the loss reads
+    objective = DiffusionLoss(condition_drop=0.5)
+    branch.train()
     assert not branch.vae.training and not branch.text_encoder.training and branch.unet.training
     frozen = {"vae": branch.vae, "text_encoder": branch.text_encoder}
     assert not any(p.requires_grad for m in frozen.values() for p in m.parameters())
@@ -188,13 +193,14 @@ def test_frozen_parts_get_no_grad_and_stay_identical_while_proj_and_unet_learn(t
         k: copy.deepcopy(m.state_dict())
         for k, m in {**frozen, "proj": branch.proj, "unet": branch.unet}.items()
     }
-    trainable = [p for p in objective.parameters() if p.requires_grad]
+    assert not list(objective.parameters())  # the loss owns no weight
+    trainable = [p for p in branch.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
 
     q = queries().requires_grad_(True)
     enc = ImageTextEncoding(image_tokens=None, query_states=q, image_feats=None, text_feat=None)
     batch = {"image": torch.randn(2, 3, 24, 24), "text": PROMPTS}
-    out = objective(None, enc, batch, torch.Generator().manual_seed(0))
+    out = objective(net, batch, StepContext(torch.Generator().manual_seed(0), enc))
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
     out["loss"].backward()
     assert q.grad is None  # qformer_grad=false: the queries are detached
@@ -206,11 +212,13 @@ def test_frozen_parts_get_no_grad_and_stay_identical_while_proj_and_unet_learn(t
         assert same == (name in frozen), name
 
     # qformer_grad=true lets the loss reach the queries; train_unet=false freezes the UNet.
-    branch = tiny_branch(tokenizer_dir, train_unet=False)
-    objective = DiffusionObjective(branch, qformer_grad=True).train()
+    branch = tiny_branch(tokenizer_dir, train_unet=False).train()
+    objective = DiffusionLoss(qformer_grad=True)
     q = queries().requires_grad_(True)
     enc = ImageTextEncoding(image_tokens=None, query_states=q, image_feats=None, text_feat=None)
-    objective(None, enc, batch, torch.Generator().manual_seed(0))["loss"].backward()
+    objective(SimpleNamespace(diffusion=branch), batch, StepContext(torch.Generator().manual_seed(0), enc))[
+        "loss"
+    ].backward()
     assert q.grad is not None and q.grad.abs().sum() > 0
     assert not branch.unet.training and all(p.grad is None for p in branch.unet.parameters())
 
@@ -257,7 +265,7 @@ def test_demo_zero_terminal_snr_schedule_reaches_training_and_sampling(
     sampling that starts there (trailing spacing), v-prediction, which stays finite at SNR 0 where an
     epsilon model's x0 estimate divides by zero."""
     cfg = compose_config("train", ["experiment=demo_unifashion_phase1_diffusion"], tmp_path)
-    schedule = dict(cfg.lit.objectives.diffusion.branch.noise_schedule)
+    schedule = dict(cfg.model.diffusion.noise_schedule)
     branch = tiny_branch(tokenizer_dir, noise_schedule=schedule)
     assert branch.noise_scheduler.alphas_cumprod[-1] < 1e-6  # SD v1.5's own schedule leaves 0.0047
     ddim = branch.ddim_scheduler()
@@ -277,7 +285,7 @@ def test_demo_zero_terminal_snr_schedule_reaches_training_and_sampling(
 
 def test_real_branch_offline_fails_fast_with_a_clear_message(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PretrainedUnavailableError, match=r"lit.objectives.diffusion.branch.name"):
+    with pytest.raises(PretrainedUnavailableError, match=r"model.diffusion.name"):
         build_diffusion_branch("runwayml/stable-diffusion-v1-5", pretrained=True)
 
 
@@ -294,7 +302,7 @@ def test_demo_phase1_diffusion_trains_three_steps(tmp_path: Path, synth_dir: Pat
     assert {"train/diffusion_loss", "train/itc_loss", "train/caption_loss"} <= set(metrics)
     assert torch.isfinite(torch.tensor(metrics["train/diffusion_loss"]))
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert "objectives.diffusion.branch.proj.dense1.weight" in state
+    assert "net.diffusion.proj.dense1.weight" in state  # the network owns the branch
 
 
 def test_demo_phase1_diffusion_test_redraws_images_and_judges_their_attributes(
@@ -306,7 +314,9 @@ def test_demo_phase1_diffusion_test_redraws_images_and_judges_their_attributes(
     from fashion_vl.cli.eval import evaluate
     from fashion_vl.models.attribute_judge import AttributeJudge
 
-    judge = AttributeJudge("resnet10t", image_size=32, channels=[8, 8, 16, 16], stem_width=8)
+    judge = AttributeJudge(
+        "resnet10t", heads=GARMENT_HEADS, image_size=32, channels=[8, 8, 16, 16], stem_width=8
+    )
     judge_ckpt = tmp_path / "judge.ckpt"
     arch = {"_target_": "fashion_vl.models.attribute_judge.AttributeJudge", "backbone": "resnet10t",
             "image_size": 32, "channels": [8, 8, 16, 16], "stem_width": 8}  # fmt: skip

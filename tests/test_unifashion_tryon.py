@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from fashion_vl.data.tokenizer import train_wordpiece
+from fashion_vl.data.synth.tokenizer import train_wordpiece
 from fashion_vl.models.unifashion.diffusion import widen_unet_input
 from fashion_vl.models.unifashion.tryon import TryOnEditor
 from tests.test_unifashion_diffusion import PROMPTS, WIDTH, queries, tiny_branch
@@ -255,7 +255,7 @@ def tiny_query_encoder(seed: int = 0, trainable: bool = False):
 
 def tokenised(batch: dict, tokenizer: str) -> dict:
     from fashion_vl.data.collate import TextTokenizer
-    from fashion_vl.models.encoders.text import load_tokenizer
+    from fashion_vl.hub import load_tokenizer
 
     return {**batch, **TextTokenizer(load_tokenizer(tokenizer), 16)(batch["caption"])}
 
@@ -320,7 +320,7 @@ def _wider_encoder():
 def test_collate_tokenises_captions_when_the_datamodule_has_a_tokenizer(tokenizer_dir: str) -> None:
     from fashion_vl.data.collate import TextTokenizer
     from fashion_vl.data.tryon import collate_tryon
-    from fashion_vl.models.encoders.text import load_tokenizer
+    from fashion_vl.hub import load_tokenizer
 
     samples = [{"image": torch.zeros(3, 4, 4), "caption": c, "bad_images": []} for c in PROMPTS]
     plain = collate_tryon(samples)

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from hydra.core.global_hydra import GlobalHydra
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import open_dict
 from torch import nn
@@ -311,14 +310,16 @@ def test_taming_file_loads_and_gives_the_reference_indices(taming: TamingVQEncod
     torch.testing.assert_close(tokenizer.quant_conv(tokenizer.encoder(images)), taming.latents(images))
     assert torch.equal(tokenizer(images), taming.indices(images))
 
-    # the same through the file and the config (conf/model/vq_tokenizer.yaml)
+    # the same through the file and the config (conf/model/image_tokenizer/vq_authors.yaml)
     path = tmp_path / "vqvae_ema_pp_224_7x7_encoder_fashionall.pth"
     torch.save(state, path)
-    cfg = compose_config("train", ["model=vq_tokenizer", f"model.path={path}"], tmp_path)
-    assert cfg.model.input_renormalization is None  # the reference's pre-training
+    cfg = compose_config(
+        "train", ["lit=pretrain", f"model.image_tokenizer.path={path}"], tmp_path
+    ).model.image_tokenizer
+    assert cfg.input_renormalization is None  # the reference's pre-training
     with open_dict(cfg):
-        cfg.model.architecture = dict(TINY)
-    from_config = instantiate(cfg.model, _convert_="all")
+        cfg.architecture = dict(TINY)
+    from_config = instantiate(cfg, _convert_="all")()  # a factory, called by the network
     assert isinstance(from_config, VQTokenizer) and from_config.chunk_size == 8
     assert torch.equal(from_config.double()(images), taming.indices(images))
 
@@ -374,13 +375,11 @@ def test_taming_allow_missing_loads_the_rest(taming: TamingVQEncoder) -> None:
 
 
 def test_default_tokenizer_config_says_where_the_file_should_be(tmp_path: Path) -> None:
-    cfg = compose_config("train", ["model=vq_tokenizer"], tmp_path)
-    assert cfg.model.path.endswith("pretrained_models/vqvae_ema_pp_224_7x7_encoder_fashionall.pth")
-    with pytest.raises(
-        InstantiationException, match=re.escape("vqvae_ema_pp_224_7x7_encoder_fashionall.pth")
-    ) as err:
-        instantiate(cfg.model, _convert_="all")
-    assert isinstance(err.value.__cause__, FileNotFoundError)
+    cfg = compose_config("train", ["lit=pretrain"], tmp_path).model.image_tokenizer
+    assert cfg.path.endswith("pretrained_models/vqvae_ema_pp_224_7x7_encoder_fashionall.pth")
+    build = instantiate(cfg, _convert_="all")
+    with pytest.raises(FileNotFoundError, match=re.escape("vqvae_ema_pp_224_7x7_encoder_fashionall.pth")):
+        build()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -462,9 +461,17 @@ def test_demo_vqvae_trains_and_its_checkpoint_is_a_tokenizer(tmp_path: Path, syn
     assert len(best) == 1  # monitored on val/recon_loss (min)
     last_ckpt = tmp_path / "checkpoints" / "last.ckpt"
     tok_cfg = compose_config(
-        "train", ["model=vq_tokenizer_ckpt", f"model.path={last_ckpt}"], tmp_path / "tok"
+        "train",
+        [
+            "lit=pretrain",
+            "model/image_tokenizer=vq_ckpt",
+            f"model.image_tokenizer.path={last_ckpt}",
+        ],
+        tmp_path / "tok",
     )
-    tokenizer = instantiate(tok_cfg.model, _convert_="all")  # architecture read from the checkpoint
+    tokenizer = instantiate(
+        tok_cfg.model.image_tokenizer, _convert_="all"
+    )()  # architecture from the checkpoint
     images = torch.randn(3, 3, 56, 56)
     indices = tokenizer(images)
     assert indices.shape == (3, 49) and tokenizer.codebook_size == 64

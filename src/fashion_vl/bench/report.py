@@ -21,11 +21,16 @@ from fashion_vl.bench.training import ExecutionPath, StepBench, default_path, re
 
 
 def ensure_synthetic(
-    data_dir: str | None, size: str, image_size: int, only: Sequence[str] | None = None
+    data_dir: str | None,
+    size: str,
+    image_size: int,
+    only: Sequence[str] | None = None,
+    image_store: str = "files",
 ) -> Path:
     """The data folder to read: ``data_dir`` as given, else synthetic data generated once into the
     user cache (FashionGen-like 256 px images by default, so decoding costs what the real files do;
-    ``only``: just those datasets, e.g. ``["vitonhd"]``)."""
+    ``only``: just those datasets, e.g. ``["vitonhd"]``; ``image_store``: FashionGen's images as
+    ``files``, ``array`` or ``both``)."""
     if data_dir:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
@@ -35,10 +40,11 @@ def ensure_synthetic(
 
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fashion_vl"
     which = "_".join(only) + "_" if only else ""
-    path = cache / f"bench_synth_{which}{size}_{image_size}px" / "datasets"
+    store = f"_{image_store}" if image_store != "files" else ""
+    path = cache / f"bench_synth_{which}{size}_{image_size}px{store}" / "datasets"
     if not (path / "synthetic_manifest.json").is_file():
         print(f"writing synthetic data ({size}, {image_size} px) to {path}", file=sys.stderr)
-        generate(path, size=size, image_size=image_size, overwrite=True, only=only)
+        generate(path, size=size, image_size=image_size, overwrite=True, only=only, image_store=image_store)
     return path
 
 

@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning import seed_everything
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from fashion_vl.bench.timing import count_flops, median, peak_memory_gib, reset_peak_memory, time_calls
+from fashion_vl.build import build as build_run
+from fashion_vl.build import compose
+from fashion_vl.lit.objectives import step_generator
 from fashion_vl.lit.pretrain import PretrainModule
+from fashion_vl.losses import StepContext
 from fashion_vl.utils.speed import compile_units
 
 log = logging.getLogger(__name__)
@@ -100,22 +100,10 @@ def compose_experiment(
         "tokenizer=${paths.data_dir}/tokenizer",
         "data_check=false",
     ]
-    run = output_dir is not None
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="fashion_vl.conf", version_base="1.3"):
-        cfg = compose(config_name="train", overrides=base + list(overrides), return_hydra_config=run)
-    GlobalHydra.instance().clear()
+    cfg = compose("train", base + list(overrides), output_dir=output_dir)
     for key in ("model.image_encoder.pretrained", "model.text_encoder.pretrained"):
         if OmegaConf.select(cfg, key) is not None:
             OmegaConf.update(cfg, key, False)
-    if run:
-        with open_dict(cfg):
-            for key in ("root_dir", "output_dir", "work_dir"):
-                cfg.paths[key] = str(output_dir)
-            cfg.paths.log_dir = str(Path(output_dir) / "logs")
-            cfg.hydra.runtime.output_dir = str(output_dir)
-            cfg.hydra.job.num = 0
-        HydraConfig().set_config(cfg)
     return cfg
 
 
@@ -127,11 +115,12 @@ class Built:
 
 
 def build(cfg: DictConfig, path: ExecutionPath, device: torch.device, seed: int = 0) -> Built:
-    """The LightningModule of ``cfg`` on ``device`` with ``path``'s layout, compile and optimizer.
-    The same seed gives the same initial weights for every path."""
-    seed_everything(seed, workers=False, verbose=False)
-    net = instantiate(cfg.model, _convert_="all")
-    lit = instantiate(cfg.lit, net=net, _convert_="partial").to(device)
+    """The LightningModule of ``cfg`` (:func:`fashion_vl.build.build`, without data or trainer) on
+    ``device`` with ``path``'s layout, compile and optimizer. The same seed gives the same initial
+    weights for every path."""
+    with open_dict(cfg):
+        cfg.seed = seed
+    lit = build_run(cfg, data=False, trainer=False).lit.to(device)
     encoder = getattr(lit.net, "image_encoder", None)
     if encoder is not None and hasattr(encoder, "channels_last"):
         encoder.channels_last = path.channels_last
@@ -152,20 +141,13 @@ def task_losses(lit: Any) -> dict[str, Callable[[dict, int], torch.Tensor]]:
     """Pre-training: one entry per objective and ``mix`` (the module's own task sampler); any other
     task: its ``training_step``."""
     if isinstance(lit, PretrainModule):
+        objectives = lit.objectives
         out: dict[str, Callable[[dict, int], torch.Tensor]] = {}
-        for name in lit.sampler.names:
-            out[name] = lambda batch, step, name=name: lit.objectives[name](
-                lit.net, batch, lit._generator(step)
+        for name in objectives.sampler.names:
+            out[name] = lambda batch, step, name=name: objectives[name](
+                lit.net, batch, StepContext(step_generator(objectives.seed, step))
             )["loss"]
-
-        def mix(batch: dict, step: int) -> torch.Tensor:
-            (name, weight), *rest = lit.sampler(step)
-            loss = weight * lit.objectives[name](lit.net, batch, lit._generator(step))["loss"]
-            for name, weight in rest:  # mode: sum
-                loss = loss + weight * lit.objectives[name](lit.net, batch, lit._generator(step))["loss"]
-            return loss
-
-        out["mix"] = mix
+        out["mix"] = lambda batch, step: objectives(lit.net, batch, step)[0]
         return out
     return {"train": lambda batch, step: lit.training_step(batch, step)}
 
@@ -383,7 +365,6 @@ class StepBench:
 
 
 def task_weights(lit: Any) -> dict[str, float]:
-    sampler = getattr(lit, "sampler", None)
-    if sampler is None:
-        return {}
-    return {n: float(w) for n, w in zip(sampler.names, sampler.weights)}
+    objectives = getattr(lit, "objectives", None)
+    sampler = getattr(objectives, "sampler", None)
+    return sampler.as_dict() if sampler is not None else {}

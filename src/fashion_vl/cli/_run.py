@@ -1,4 +1,5 @@
-"""What ``fvl-train`` and ``fvl-eval`` share: building objects from config, and run plumbing."""
+"""What ``fvl-train`` and ``fvl-eval`` share besides building the run (:mod:`fashion_vl.build`): process
+set-up, checkpoint paths, and DDP plumbing under a Hydra multirun."""
 
 from __future__ import annotations
 
@@ -7,18 +8,17 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig, read_write
 
+from fashion_vl.build import CONFIG_MODULE
 from fashion_vl.utils.rich_utils import print_config_tree
 
 log = logging.getLogger("fashion_vl")
 
-CONFIG_ROOT = "pkg://fashion_vl.conf"
+CONFIG_ROOT = f"pkg://{CONFIG_MODULE}"
 
 
 # Warnings raised inside third-party code that our users cannot act on.
@@ -40,6 +40,7 @@ def extras(cfg: DictConfig) -> None:
     if cfg.get("ignore_warnings"):
         warnings.filterwarnings("ignore")
     set_matmul_precision(cfg)
+    set_num_threads(cfg)
     # Lightning attaches its own console handler when imported; Hydra's root handlers already print to
     # the console and to the run's log file, so let Lightning's records go there once.
     import lightning  # noqa: F401  (import now, so its handlers exist to be removed)
@@ -67,32 +68,22 @@ def set_matmul_precision(cfg: DictConfig) -> None:
         torch.backends.cudnn.allow_tf32 = precision != "highest"
 
 
+def set_num_threads(cfg: DictConfig) -> None:
+    """``num_threads``: torch's intra-op threads (``null``: torch's default, the core count). CPU results
+    depend on the thread count (reductions split differently), so pinning it makes figures comparable
+    across machines with different core counts."""
+    if cfg.get("num_threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.num_threads))
+
+
 def _drop_advertising(record: logging.LogRecord) -> bool:
     return "litlogger" not in record.getMessage() and "litmodels" not in record.getMessage()
 
 
 def _is_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
-
-
-def instantiate_list(cfg: DictConfig | None, what: str) -> list[Any]:
-    """Instantiate every entry with a ``_target_`` of a callbacks/logger config group."""
-    if not cfg:
-        return []
-    if not isinstance(cfg, DictConfig):
-        raise TypeError(f"{what} config must be a mapping of name -> object config")
-    return [instantiate(c) for c in cfg.values() if isinstance(c, DictConfig) and "_target_" in c]
-
-
-def trainer_callbacks(cfg: DictConfig) -> list[Any]:
-    """The ``callbacks`` group's objects, less the progress bar when ``trainer.enable_progress_bar`` is
-    false (Lightning refuses a progress-bar callback then, and the default group holds one)."""
-    from lightning.pytorch.callbacks import ProgressBar
-
-    callbacks = instantiate_list(cfg.get("callbacks"), "callbacks")
-    if cfg.get("trainer", {}).get("enable_progress_bar", True) is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    return callbacks
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
@@ -107,11 +98,13 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
             )
         return None
     if ckpt_path == "last":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        from fashion_vl.cli.run_files import resume_checkpoint
+
+        last = resume_checkpoint(Path(output_dir) / "checkpoints")  # last.ckpt, else last.prev.ckpt
+        if last is not None:
             log.info("resuming from %s", last)
             return str(last)
-        log.info("ckpt_path=last: no %s yet, starting fresh", last)
+        log.info("ckpt_path=last: no %s yet, starting fresh", Path(output_dir) / "checkpoints" / "last.ckpt")
         return None
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
@@ -146,38 +139,3 @@ def reset_distributed() -> None:
     for key in ("MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK"):
         if key != "LOCAL_RANK" or os.environ.get("LOCAL_RANK") == "0":
             os.environ.pop(key, None)
-
-
-def check_data_dir(cfg: DictConfig) -> None:
-    """Fail first, and plainly, when the data folder every experiment reads is missing."""
-    data_dir = Path(str(cfg.paths.data_dir)).expanduser()
-    if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"paths.data_dir={data_dir} does not exist. Generate the synthetic data with "
-            f"`fvl-data synth --out {data_dir}` or point paths.data_dir at your datasets/ folder "
-            "(see docs/data.md)."
-        )
-    if cfg.get("data_check", True):
-        from fashion_vl.data.check import preflight_check
-
-        num_attributes = (cfg.get("data") or {}).get("num_attributes") or 2232
-        reports = preflight_check(data_dir, num_attributes=int(num_attributes))
-        found = sorted({r.dataset for r in reports if not r.absent})
-        log.info(f"data folder {data_dir}: pre-flight check passed ({', '.join(found) or 'no dataset'})")
-
-
-def check_tokenizer_fits(datamodule: Any, net: Any) -> None:
-    """The tokenizer's ids must index the model's embedding table."""
-    tokenizer = getattr(datamodule, "tokenizer", None)
-    vocab = getattr(net, "vocab_size", None)
-    if tokenizer is None or vocab is None:
-        return
-    if len(tokenizer) > vocab:
-        raise ValueError(
-            f"tokenizer '{datamodule.tokenizer_name}' has {len(tokenizer)} tokens but the model's "
-            f"model.text_encoder.vocab_size is {vocab}: raise the vocab size or use the model's own tokenizer"
-        )
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # type: ignore[return-value]

@@ -3,10 +3,11 @@
 Subcommands:
   mmf    a FashionViL checkpoint of the MMF code (pre-training or a fine-tune) -> our LightningModule's
          state dict, usable as ``model.init_from=<out>`` or ``ckpt_path=<out>``; optionally also the
-         MPFC VQ-VAE encoder file (``--vqvae``) -> a file for ``model/vq_tokenizer_ckpt``
+         MPFC VQ-VAE encoder file (``--vqvae``) -> a file for ``model/image_tokenizer/vq_ckpt``
   vqvae  only the VQ-VAE encoder file
   lavis  a LAVIS BLIP-2 / UniFashion checkpoint -> transformers ``Blip2ForImageTextRetrieval`` names
-         (+ ``prompt_tokens``, ``llm_proj.*``, ``temp``, ``itg_head.*``)
+         (+ ``prompt_tokens``, ``llm_proj.*``, ``temp``, ``itg_head.*``, ``proj_layer.*``); the authors'
+         EVA ViT, when the file has it, is what ``model.image_encoder`` then loads
 
 Every source key must be used (or be known to be redundant) and every target key filled; otherwise
 the command prints what is unmapped or missing, writes nothing and exits with 2, unless
@@ -26,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fashion_vl.checkpoints.common import (
+from fashion_vl.convert.common import (
     CheckpointLoadError,
     ConversionReport,
     extract_state_dict,
@@ -44,7 +45,7 @@ LIT_OF_TASK = {
     "pretrain": "pretrain",
     "classification": "classification",
     "contrastive": "retrieval",
-    "composition": "composition",
+    "composition": "composed",
 }
 
 
@@ -78,14 +79,15 @@ def read_state(path: str, trust_pickle: bool) -> dict:
 
 def read_architecture(path: str | None) -> dict[str, Any] | None:
     """``build_vqmodel`` arguments from a YAML file: a ``conf/model/vqvae*.yaml`` (its ``defaults``
-    and ``_target_`` ignored) or a tokenizer config with a ``vqmodel:`` block."""
+    and ``_target_`` ignored) or a tokenizer config with an ``architecture:`` block
+    (``conf/model/image_tokenizer/vq_random_tiny.yaml``)."""
     if path is None:
         return None
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(path)
-    if "vqmodel" in cfg:
-        cfg = cfg.vqmodel
+    if "architecture" in cfg:
+        cfg = cfg.architecture
     data = OmegaConf.to_container(cfg, resolve=True)
     return {k: v for k, v in data.items() if k != "defaults" and not str(k).startswith("_")}
 
@@ -122,9 +124,9 @@ def source_note(kind: str, path: str, report: ConversionReport, **more: Any) -> 
 
 
 def vq_payload(state: Mapping, architecture: Mapping[str, Any] | None, path: str, report) -> dict:
-    """A checkpoint ``VQTokenizer.from_checkpoint`` (``model/vq_tokenizer_ckpt``) reads: weights under
+    """A checkpoint ``VQTokenizer.from_checkpoint`` (``model/image_tokenizer/vq_ckpt``) reads: weights under
     ``net.`` and the architecture as ``fvl_config.model``."""
-    from fashion_vl.checkpoints.mmf import vq_architecture_args
+    from fashion_vl.convert.mmf import vq_architecture_args
 
     model = {"_target_": "fashion_vl.models.vqvae.build_vqmodel", **vq_architecture_args(architecture)}
     return lightning_checkpoint(
@@ -142,7 +144,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def cmd_mmf(args: argparse.Namespace) -> int:
-    from fashion_vl.checkpoints.mmf import convert_mmf_state_dict, convert_vq_state_dict
+    from fashion_vl.convert.mmf import convert_mmf_state_dict, convert_vq_state_dict
 
     if (args.vqvae is None) != (args.vqvae_out is None):
         console.print("[red]--vqvae and --vqvae-out go together")
@@ -176,13 +178,13 @@ def cmd_mmf(args: argparse.Namespace) -> int:
         save_atomic(vq_payload(vq, architecture, args.vqvae, vq_report), args.vqvae_out)
         console.print(
             f"[green]wrote {args.vqvae_out}[/]: "
-            f"model@lit.objectives.mpfc.tokenizer=vq_tokenizer_ckpt lit.objectives.mpfc.tokenizer.path={args.vqvae_out}"
+            f"model/image_tokenizer=vq_ckpt model.image_tokenizer.path={args.vqvae_out}"
         )
     return 0
 
 
 def cmd_vqvae(args: argparse.Namespace) -> int:
-    from fashion_vl.checkpoints.mmf import convert_vq_state_dict
+    from fashion_vl.convert.mmf import convert_vq_state_dict
 
     if _same_file(args.src, args.out):
         console.print("[red]the output would overwrite its own source")
@@ -193,12 +195,14 @@ def cmd_vqvae(args: argparse.Namespace) -> int:
     if not decide({args.out: report}, args.allow_missing):
         return EXIT_REFUSED
     save_atomic(vq_payload(vq, architecture, args.src, report), args.out)
-    console.print(f"[green]wrote {args.out}[/]: lit.objectives.mpfc.tokenizer.path={args.out}")
+    console.print(
+        f"[green]wrote {args.out}[/]: model/image_tokenizer=vq_ckpt model.image_tokenizer.path={args.out}"
+    )
     return 0
 
 
 def cmd_lavis(args: argparse.Namespace) -> int:
-    from fashion_vl.checkpoints.lavis import convert_lavis_state_dict
+    from fashion_vl.convert.lavis import convert_lavis_state_dict
 
     if _same_file(args.src, args.out):
         console.print("[red]the output would overwrite its own source")
@@ -211,6 +215,18 @@ def cmd_lavis(args: argparse.Namespace) -> int:
     console.print(
         f"[green]wrote {args.out}[/] ({len(ours)} tensors, transformers Blip2ForImageTextRetrieval names)"
     )
+    vit = (
+        "loads the authors' EVA ViT from it"
+        if any(k.startswith("vision_model.encoder.") for k in ours)
+        else "stays as built: no ViT in this file"
+    )
+    console.print(
+        f"  UniFashion from it: model.qformer.init_from={args.out} (the frozen ViT {vit})", highlight=False
+    )
+    if any(k.startswith("proj_layer.") for k in ours):
+        console.print(
+            f"  diffusion ProjLayer: lit.objectives.diffusion.branch.proj_from={args.out}", highlight=False
+        )
     return 0
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fashion_vl.data.formats.products import NUM_PSEUDO_ATTRIBUTES
+from fashion_vl.utils.atomic import disk_full_cause, disk_full_error
 from fashion_vl.utils.rich_utils import print_table, results_table
 
 console = Console(stderr=True)
@@ -32,12 +34,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
         manifest = json.loads(manifest_path.read_text())
         from fashion_vl.data.synth.generate import GENERATOR_VERSION
 
-        wanted = (args.seed, args.size, args.image_size, GENERATOR_VERSION)
+        wanted = (args.seed, args.size, args.image_size, GENERATOR_VERSION, args.image_store)
         if (
             manifest.get("seed"),
             manifest.get("size"),
             manifest.get("image_size"),
             manifest.get("version"),
+            manifest.get("image_store", "files"),
         ) == wanted:
             console.print(
                 f"[green]{out} already holds synthetic data (size={args.size}, seed={args.seed}); skipping"
@@ -60,6 +63,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             only=args.only.split(",") if args.only else None,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            image_store=args.image_store,
         )
     rows = [{"dataset/split": k, "count": v} for k, v in manifest["counts"].items()]
     print_table(results_table(f"synthetic data in {out} (seed {args.seed}, {args.size})", rows))
@@ -71,7 +75,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     try:
         reports = check_data_dir(
-            args.data_dir, decode=not args.no_decode, workers=args.workers, num_attributes=args.num_attributes
+            args.data_dir,
+            decode=not args.no_decode,
+            workers=args.workers,
+            num_attributes=args.num_attributes,
+            max_pixels=args.max_image_pixels or None,
         )
     except FileNotFoundError as err:
         console.print(f"[red]{err}")
@@ -87,6 +95,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                 images=r.images,
                 missing=r.missing,
                 corrupt=r.corrupt,
+                oversized=len(r.oversized),
+                empty_captions=len(r.empty_captions),
                 status=status,
             )
         )
@@ -94,7 +104,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     failed = [r for r in reports if not r.absent and not r.ok]
     for r in failed:
         for p in r.problems:
-            console.print(f"[red]{r.dataset}/{r.split}[/red]: {p}")
+            console.print(f"[red]{r.dataset}/{r.split}[/red]: {p}", soft_wrap=True)
+        for p in r.oversized:  # every one: training skips them
+            console.print(
+                f"{r.dataset}/{r.split}: oversized: {p}",
+                style="red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+    for r in reports:
+        if r.empty_captions:
+            ids = ", ".join(map(str, r.empty_captions[:10])) + (", ..." if len(r.empty_captions) > 10 else "")
+            console.print(
+                f"warning: {r.dataset}/{r.split}: {len(r.empty_captions)} product(s) with an empty caption "
+                f"(no title, no description): {ids}; training keeps them unless data.empty_captions=skip",
+                style="yellow",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
     if all(r.absent for r in reports):
         console.print(f"[red]no dataset found under {args.data_dir}: is it the datasets/ folder?")
         return 1
@@ -102,7 +131,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_attributes(args: argparse.Namespace) -> int:
-    from fashion_vl.data.attributes import write_attributes
+    from fashion_vl.data.prepare.attributes import write_attributes
 
     try:
         summary = write_attributes(
@@ -125,7 +154,7 @@ def cmd_attributes(args: argparse.Namespace) -> int:
         f"{summary.vocab_size} attributes (min count {args.min_count}, up to {args.max_ngram}-grams), {saved}",
         f"most frequent: {head}",
         f"ids are < {summary.vocab_size}: train with data.num_attributes (the PAC head's num_classes) "
-        f">= {summary.vocab_size}; the reference head has 2232",
+        f">= {summary.vocab_size}; the reference head has {NUM_PSEUDO_ATTRIBUTES}",
     ):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
@@ -215,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated subset of fashiongen,bigfacad,fashion200k,polyvore,fashioniq (the default: "
         "all five), plus the optional vitonhd (try-on; written only when named)",
     )
+    p.add_argument(
+        "--image-store",
+        choices=("files", "array", "both"),
+        default="files",
+        help="FashionGen's images as PNG files (default), as the uint8 array store that `fvl-data prepare "
+        "fashiongen --image-store array` writes (read with data.image_store=array), or both",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
     p.add_argument(
         "--skip-existing", action="store_true", help="do nothing if the folder holds the same size/seed"
@@ -224,21 +260,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir", help="the datasets/ folder (paths.data_dir)")
     p.add_argument("--no-decode", action="store_true", help="only check that images exist (fast)")
     p.add_argument("--workers", type=int, default=8, help="threads reading images")
-    p.add_argument("--num-attributes", type=int, default=2232, help="size of the pseudo-attribute vocabulary")
+    p.add_argument(
+        "--num-attributes",
+        type=int,
+        default=NUM_PSEUDO_ATTRIBUTES,
+        help="size of the pseudo-attribute vocabulary",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=40_000_000,
+        help="images with more pixels fail the check and are listed (training skips them; "
+        "data.max_image_pixels); 0: no limit",
+    )
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser(
         "attributes",
         help="mine pseudo-attributes (PAC targets) from the product texts and rewrite attributes_id",
         description="Fit a vocabulary of frequent attribute words and n-grams on the train splits' texts "
-        "(see fashion_vl.data.attributes), save it as <data_dir>/attributes_vocab.json and rewrite "
+        "(see fashion_vl.data.prepare.attributes), save it as <data_dir>/attributes_vocab.json and rewrite "
         "attributes_id in every split of the chosen product datasets; other fields are kept.",
     )
     p.add_argument("data_dir", help="the datasets/ folder (paths.data_dir)")
     p.add_argument(
         "--vocab-size",
         type=int,
-        default=2232,
-        help="most attributes to keep (default 2232, the reference PAC head); with another value the PAC "
+        default=NUM_PSEUDO_ATTRIBUTES,
+        help=f"most attributes to keep (default {NUM_PSEUDO_ATTRIBUTES}, the reference PAC head); with another value the PAC "
         "head's num_classes (data.num_attributes) must match",
     )
     p.add_argument(
@@ -263,7 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except Exception as err:
+        cause = disk_full_cause(err)  # a full disk: one line naming where, not a traceback
+        if cause is None:
+            raise
+        target = cause.filename or getattr(args, "out", None) or getattr(args, "data_dir", None) or "."
+        command = args.fn.__name__.removeprefix("cmd_")
+        console.print(
+            f"fvl-data {command}: {disk_full_error(target, cause)}",
+            style="red",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,38 +13,27 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fashion_vl.cli._run import (
-    CONFIG_ROOT,
-    check_data_dir,
-    check_tokenizer_fits,
-    extras,
-    instantiate_list,
-    log,
-    resolved_config,
-    trainer_callbacks,
-)
+from fashion_vl.build import build, check_data_dir, resolved_config
+from fashion_vl.cli._run import CONFIG_ROOT, extras, log
+from fashion_vl.cli.errors import reported_errors
+from fashion_vl.cli.preflight import preflight
+from fashion_vl.utils.atomic import write_json_atomic
 from fashion_vl.utils.rich_utils import print_table, results_table
 
 
 def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    from lightning import seed_everything
-
-    check_data_dir(cfg)
-    seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data, _convert_="partial")
-    net = instantiate(cfg.model, _convert_="all")
-    lit = instantiate(cfg.lit, net=net, _convert_="partial")
-    check_tokenizer_fits(datamodule, net)
+    """Build the run from ``cfg`` (:func:`fashion_vl.build.build`), then test (or validate) the
+    checkpoint ``cfg.ckpt_path`` (``null``: the randomly initialised model) and report its metrics."""
+    preflight(cfg, "fvl-eval")
     ckpt = cfg.get("ckpt_path")
     if ckpt is not None and not Path(ckpt).expanduser().is_file():
         raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt}")
+    run = build(cfg, stage="eval")
+    datamodule, lit, trainer = run.datamodule, run.lit, run.trainer
     if ckpt is None:
         log.warning("ckpt_path is null: evaluating the randomly initialised model")
-    loggers = instantiate_list(cfg.get("logger"), "logger")
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=trainer_callbacks(cfg))
     # Lightning asks for the training callbacks when a checkpoint is given; evaluation needs none.
     warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")
     split = cfg.get("split", "test")
@@ -62,8 +51,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, float], dict[str, Any]]:
             "metrics": metrics,
             "config": resolved_config(cfg),
         }
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(payload, indent=1))
+        write_json_atomic(out, payload)
         rows = [{"metric": k, "value": v} for k, v in sorted(metrics.items())]
         title = (
             f"{cfg.get('experiment_name')} - {'random init' if ckpt is None else Path(ckpt).name} ({split})"
@@ -104,8 +92,11 @@ def write_captions(lit: Any, path: Path) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_ROOT, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    extras(cfg)
-    evaluate(cfg)
+    with reported_errors("fvl-eval"):
+        preflight(cfg, "fvl-eval")  # before extras imports Lightning and torch
+        check_data_dir(cfg)  # the annotation files, before Lightning too (evaluate() skips it then)
+        extras(cfg)
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

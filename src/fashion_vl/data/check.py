@@ -7,8 +7,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fashion_vl.data.array_store import ArrayImageStore, ArrayStoreError
+from fashion_vl.data.captions import empty_caption_ids
 from fashion_vl.data.formats import (
+    FASHIONGEN_CLASSES,
     FASHIONIQ_CATEGORIES,
+    NUM_PSEUDO_ATTRIBUTES,
     BigFACADSource,
     DataFormatError,
     Fashion200kSource,
@@ -21,11 +25,7 @@ from fashion_vl.data.formats import (
 )
 from fashion_vl.data.formats.fashioniq import fashioniq_caption_path, fashioniq_image_dir
 from fashion_vl.data.formats.polyvore import OCIR_VARIANTS, polyvore_dir
-from fashion_vl.data.images import ImageLoadError, read_image, resolve_image
-
-NUM_PSEUDO_ATTRIBUTES = 2232
-NUM_FASHIONGEN_CATEGORIES = 48
-NUM_FASHIONGEN_SUBCATEGORIES = 121
+from fashion_vl.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, read_image, resolve_image
 
 
 @dataclass
@@ -40,16 +40,31 @@ class Report:
     corrupt: int = 0
     problems: list[str] = field(default_factory=list)
     absent: bool = False
+    oversized: list[str] = field(default_factory=list)  # every image above the pixel limit, by path
+    empty_captions: list[int] = field(default_factory=list)  # product ids: a warning, not a failure
 
     @property
     def ok(self) -> bool:
-        return not self.absent and not self.problems and not self.missing and not self.corrupt
+        return (
+            not self.absent
+            and not self.problems
+            and not self.missing
+            and not self.corrupt
+            and not self.oversized
+        )
 
 
 def _check_images(
-    report: Report, files: Iterable[tuple[Path, str]], decode: bool | None, workers: int
+    report: Report,
+    files: Iterable[tuple[Path, str]],
+    decode: bool | None,
+    workers: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    store: ArrayImageStore | None = None,
 ) -> None:
-    """``decode``: True opens every image, False only checks it exists, None skips images."""
+    """``decode``: True opens every image, False only checks it exists, None skips images. Images
+    above ``max_pixels`` are listed in ``report.oversized`` (training skips them). With an array
+    ``store``, images are looked up (and with ``decode`` read) there instead of in files."""
     files = list(files)
     report.images = len(files)
     if decode is None:
@@ -57,20 +72,32 @@ def _check_images(
 
     def one(item: tuple[Path, str]) -> str | None:
         image_dir, name = item
+        if store is not None:
+            if name not in store:
+                return f"missing: {store.index_path}[{name}]: not in the array store"
+            if decode:
+                try:
+                    store.read(name)
+                except ArrayStoreError as err:
+                    return f"corrupt: {err}"
+            return None
         try:
             path = resolve_image(image_dir, name)
         except ImageLoadError as err:
             return f"missing: {err}"
         if decode:
             try:
-                read_image(path)
+                read_image(path, max_pixels=max_pixels)
             except ImageLoadError as err:
-                return f"corrupt: {err}"
+                return f"{'oversized' if err.oversized else 'corrupt'}: {err}"
         return None
 
     with ThreadPoolExecutor(workers) as pool:
         for problem in pool.map(one, files):
             if problem is None:
+                continue
+            if problem.startswith("oversized"):
+                report.oversized.append(problem.removeprefix("oversized: "))
                 continue
             if problem.startswith("missing"):
                 report.missing += 1
@@ -89,7 +116,13 @@ def _guard(report: Report, fn: Callable[[], None]) -> None:
         report.problems.append(str(err))
 
 
-def check_products(data_dir: Path, decode: bool | None, workers: int, num_attributes: int) -> list[Report]:
+def check_products(
+    data_dir: Path,
+    decode: bool | None,
+    workers: int,
+    num_attributes: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> list[Report]:
     reports = []
     split_ids: dict[str, dict[str, set[int]]] = {}
     for cls, splits in ((FashionGenSource, ("train", "val")), (BigFACADSource, ("train", "val")),
@@ -101,19 +134,25 @@ def check_products(data_dir: Path, decode: bool | None, workers: int, num_attrib
             def run(source=source, report=report) -> None:
                 table = source.read()
                 report.entries = len(table)
+                report.empty_captions = empty_caption_ids(table)
                 split_ids.setdefault(source.dataset, {})[source.split] = {p.id for p in table.products}
                 for p in table.products:
                     bad = [a for a in p.attributes if a >= num_attributes]
                     if bad:
                         report.problems.append(f"product {p.id}: attribute ids {bad} >= {num_attributes}")
                     if source.dataset == "FashionGen" and not (
-                        0 <= p.category_id < NUM_FASHIONGEN_CATEGORIES
-                        and 0 <= p.subcategory_id < NUM_FASHIONGEN_SUBCATEGORIES
+                        0 <= p.category_id < FASHIONGEN_CLASSES["category"]
+                        and 0 <= p.subcategory_id < FASHIONGEN_CLASSES["subcategory"]
                     ):
                         report.problems.append(f"product {p.id}: category/subcategory id out of range")
-                _check_images(
-                    report, ((table.image_dir, n) for p in table.products for n in p.images), decode, workers
-                )
+                # A split without its image folder but with an array store is checked in the store
+                # (`fvl-data prepare fashiongen --image-store array`); otherwise files are checked.
+                index = source.array_store_index()
+                store = None
+                if index is not None and index.is_file() and not table.image_dir.is_dir():
+                    store = ArrayImageStore(index)
+                images = ((table.image_dir, n) for p in table.products for n in p.images)
+                _check_images(report, images, decode, workers, max_pixels, store)
 
             _guard(report, run)
             reports.append(report)
@@ -130,7 +169,9 @@ def check_products(data_dir: Path, decode: bool | None, workers: int, num_attrib
     return reports
 
 
-def check_fashioniq(data_dir: Path, decode: bool | None, workers: int) -> list[Report]:
+def check_fashioniq(
+    data_dir: Path, decode: bool | None, workers: int, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> list[Report]:
     reports = []
     for category in FASHIONIQ_CATEGORIES:
         for split in ("train", "val"):
@@ -150,7 +191,11 @@ def check_fashioniq(data_dir: Path, decode: bool | None, workers: int) -> list[R
                         report.problems.append("two target images share a target_id")
                 asins = sorted({a for e in entries for a in (e.candidate, e.target)})
                 _check_images(
-                    report, ((fashioniq_image_dir(data_dir), a + ".jpg") for a in asins), decode, workers
+                    report,
+                    ((fashioniq_image_dir(data_dir), a + ".jpg") for a in asins),
+                    decode,
+                    workers,
+                    max_pixels,
                 )
 
             if not fashioniq_caption_path(data_dir, category, split).parent.exists():
@@ -161,7 +206,9 @@ def check_fashioniq(data_dir: Path, decode: bool | None, workers: int) -> list[R
     return reports
 
 
-def check_ocir(data_dir: Path, decode: bool | None, workers: int) -> list[Report]:
+def check_ocir(
+    data_dir: Path, decode: bool | None, workers: int, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> list[Report]:
     reports = []
     meta_report = Report("PolyvoreOutfits", "item_metadata")
     metadata: dict[int, int] = {}
@@ -186,7 +233,11 @@ def check_ocir(data_dir: Path, decode: bool | None, workers: int) -> list[Report
                         f"{len(missing_meta)} items without metadata (e.g. {missing_meta[0]})"
                     )
                 _check_images(
-                    report, ((polyvore_dir(data_dir) / "images", f"{i}.jpg") for i in items), decode, workers
+                    report,
+                    ((polyvore_dir(data_dir) / "images", f"{i}.jpg") for i in items),
+                    decode,
+                    workers,
+                    max_pixels,
                 )
 
             _guard(report, run)
@@ -199,19 +250,21 @@ def check_data_dir(
     decode: bool | None = True,
     workers: int = 8,
     num_attributes: int = NUM_PSEUDO_ATTRIBUTES,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> list[Report]:
     """Check every dataset found under ``data_dir``; absent datasets are reported as such.
 
     ``decode``: True opens every image, False only checks that each exists, None skips the images
     (formats, fields, ids, splits and ranges only: the cheap check a training run does at start).
+    Images above ``max_pixels`` fail the check and are listed; empty captions are counted (a warning).
     """
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise FileNotFoundError(f"data folder not found: {data_dir}")
     return [
-        *check_products(data_dir, decode, workers, num_attributes),
-        *check_fashioniq(data_dir, decode, workers),
-        *check_ocir(data_dir, decode, workers),
+        *check_products(data_dir, decode, workers, num_attributes, max_pixels),
+        *check_fashioniq(data_dir, decode, workers, max_pixels),
+        *check_ocir(data_dir, decode, workers, max_pixels),
     ]
 
 

@@ -5,8 +5,8 @@ Training batches (:class:`ImageTextCollator`):
 ================  =====================  ==================================================
 key               type                   meaning
 ================  =====================  ==================================================
-image             float ``[B,3,H,W]``    one random image of each product
-image_view1       float ``[B,3,H,W]``    a second random image (``num_views=2``, for MVC)
+image             uint8 ``[B,3,H,W]``    one random image of each product
+image_view1       uint8 ``[B,3,H,W]``    a second random image (``num_views=2``, for MVC)
 input_ids         long ``[B,L]``         WordPiece ids, ``[CLS] ... [SEP]`` then padding
 attention_mask    long ``[B,L]``         1 on real tokens
 product_id        long ``[B]``

@@ -1,4 +1,5 @@
-"""Composed (text-guided) retrieval data: FashionIQ triplets and Fashion200k one-word edits.
+"""Composed (text-guided) retrieval data: FashionIQ triplets and Fashion200k one-word edits, their
+datasets and DataModules (``FashionIQDataModule``, ``Fashion200kComposedDataModule``).
 
 Training items are (reference image, text, target image). Evaluation items carry a *query* part
 (reference image, text, the key its positives share, a group), a *gallery* part (an image, its dedupe
@@ -19,6 +20,7 @@ the same construction on the train split, drawing a random image of each product
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -28,12 +30,19 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
+from fashion_vl.data.base import FashionDataModule
+from fashion_vl.data.collate import ComposedCollator
 from fashion_vl.data.datasets import ImageReader, as_key, seeded_transform
 from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES, fashioniq_image_dir, read_fashioniq
-from fashion_vl.data.images import ImageLoadError, load_image
+from fashion_vl.data.formats.fashioniq_cap import DEFAULT_MAX_REPEAT_SHARE, read_fashioniq_cap
+from fashion_vl.data.formats.products import Fashion200kSource
+from fashion_vl.data.images import ImageLoadError
 from fashion_vl.data.records import ProductTable
 from fashion_vl.data.samplers import SampleKey
+
+log = logging.getLogger(__name__)
 
 Image = tuple[Path, str]  # (image folder, name as written in the annotations)
 
@@ -191,7 +200,7 @@ def fashion200k_eval_items(
 
 def _load(reader: ImageReader, image: Image, bad: list[str]) -> torch.Tensor:
     try:
-        return load_image(*image)
+        return reader.load(*image)
     except ImageLoadError as err:
         if reader.strict:
             raise
@@ -222,7 +231,7 @@ class ComposedTrainDataset(Dataset):
 
         def load(index: int) -> tuple[torch.Tensor, torch.Tensor]:
             pair = self.pairs[index]
-            return load_image(*rng.choice(pair.references)), load_image(*rng.choice(pair.targets))
+            return self.reader.load(*rng.choice(pair.references)), self.reader.load(*rng.choice(pair.targets))
 
         index, (reference, target) = self.reader.load_or_replace(
             load, key.index, len(self), rng, bad, "composed-retrieval"
@@ -266,3 +275,118 @@ class ComposedEvalDataset(Dataset):
             except ImageLoadError:
                 continue  # counted in bad_images; this part of the item is left out
         return out
+
+
+class _ComposedDataModule(FashionDataModule):
+    """Shared loaders of the composed-retrieval DataModules (subclasses build the items)."""
+
+    train_set: ComposedTrainDataset | None
+    eval_set: ComposedEvalDataset | None
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        if self.train_set is None:
+            raise RuntimeError("setup('fit') first")
+        return self.make_loader(self.train_set, ComposedCollator(self.text), train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        if self.eval_set is None:
+            raise RuntimeError("setup('fit'/'validate') first")
+        return self.make_loader(self.eval_set, ComposedCollator(self.text), train=False)
+
+    test_dataloader = val_dataloader
+
+
+class FashionIQDataModule(_ComposedDataModule):
+    """FashionIQ text-guided image retrieval: train on every category's train triplets (the reference's
+    ``garment_class: all``), evaluate per category on val (FashionIQ's test split is its val split).
+
+    Args:
+        data_dir: the ``datasets/`` folder.
+        categories: subset of ``dress``, ``shirt``, ``toptee``.
+        target_captions: also read Fashion-IQ-Cap (``FashionIQ-Cap/next_llava.<split>.<category>
+            .caption.json``) and give every training target and every gallery image its caption
+            (UniFashion phase 2); an image without one gets the empty text, counted in the log.
+        drop_degenerate_captions: skip looping captions (:func:`~fashion_vl.data.prepare.fashioniq_cap
+            .is_degenerate` above ``caption_max_repeat_share``) as if missing.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        categories: Sequence[str] = FASHIONIQ_CATEGORIES,
+        target_captions: bool = False,
+        drop_degenerate_captions: bool = True,
+        caption_max_repeat_share: float = DEFAULT_MAX_REPEAT_SHARE,
+        **common: Any,
+    ) -> None:
+        super().__init__(**common)
+        self.data_dir = Path(data_dir).expanduser()
+        self.categories = tuple(categories)
+        self.target_captions = target_captions
+        self.drop_degenerate_captions = drop_degenerate_captions
+        self.caption_max_repeat_share = caption_max_repeat_share
+        self.train_set = None
+        self.eval_set = None
+
+    def _captions(self, split: str) -> dict[str, str] | None:
+        if not self.target_captions:
+            return None
+        captions: dict[str, str] = {}
+        for category in self.categories:
+            found, counts = read_fashioniq_cap(
+                self.data_dir, category, split, self.drop_degenerate_captions, self.caption_max_repeat_share
+            )
+            captions.update(found)
+            log.info(
+                "Fashion-IQ-Cap %s.%s: %d captions, skipped %d empty, %d degenerate, %d extra per image",
+                category, split, counts.kept, counts.empty, counts.degenerate, counts.duplicate_images,
+            )  # fmt: skip
+        return captions
+
+    @staticmethod
+    def _log_missing(what: str, asins: Sequence[str], captions: Mapping[str, str] | None) -> None:
+        if captions is None:
+            return
+        missing = sum(a not in captions for a in set(asins))
+        if missing:
+            log.warning(
+                "FashionIQ %s: %d of %d images have no caption (empty text)", what, missing, len(set(asins))
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            captions = self._captions("train")
+            pairs = fashioniq_pairs(self.data_dir, self.categories, captions)
+            self._log_missing("train targets", [p.targets[0][1][:-4] for p in pairs], captions)
+            self.train_set = ComposedTrainDataset(pairs, self.train_transform, self.reader)
+        if self.eval_set is None:
+            captions = self._captions("val")
+            items = fashioniq_eval_items(self.data_dir, self.categories, captions=captions)
+            self._log_missing("val gallery", [i.gallery.image[1][:-4] for i in items], captions)
+            self.eval_set = ComposedEvalDataset(items, self.eval_transform, self.reader)
+
+
+class Fashion200kComposedDataModule(_ComposedDataModule):
+    """Fashion200k composed retrieval (TIRG protocol; see :mod:`fashion_vl.data.composed`).
+
+    Args:
+        data_dir: the ``datasets/`` folder.
+        max_eval_queries: evaluate a seeded random subset of the test queries (all when ``None``).
+    """
+
+    def __init__(self, data_dir: str, max_eval_queries: int | None = None, **common: Any) -> None:
+        super().__init__(**common)
+        self.data_dir = Path(data_dir).expanduser()
+        self.max_eval_queries = max_eval_queries
+        self.train_set = None
+        self.eval_set = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None) and self.train_set is None:
+            pairs = fashion200k_pairs(Fashion200kSource(self.data_dir, "train").read())
+            self.train_set = ComposedTrainDataset(pairs, self.train_transform, self.reader)
+        if self.eval_set is None:
+            items = fashion200k_eval_items(
+                Fashion200kSource(self.data_dir, "test").read(), self.max_eval_queries, self.seed
+            )
+            self.eval_set = ComposedEvalDataset(items, self.eval_transform, self.reader)

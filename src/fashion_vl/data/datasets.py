@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset
 
-from fashion_vl.data.images import ImageLoadError, load_image
+from fashion_vl.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 from fashion_vl.data.records import Product, ProductTable
 from fashion_vl.data.samplers import SampleKey
+from fashion_vl.data.transforms import draft_size
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,13 +52,24 @@ class ImageReader:
     """Loads a product's images, skipping bad ones (or failing at once when ``strict``).
 
     Args:
-        strict: raise on the first missing/corrupt image instead of skipping it.
+        strict: raise on the first missing/corrupt/oversized image instead of skipping it.
         max_consecutive_failures: give up (image folder probably wrong) after this many in a row.
+        jpeg_draft: decode JPEGs at reduced size where the transform resizes to a fixed size anyway
+            (:func:`~fashion_vl.data.transforms.draft_size`); ``False``: always decode in full.
+        max_pixels: images with more pixels are skipped like corrupt ones (``None``: no limit).
     """
 
-    def __init__(self, strict: bool = False, max_consecutive_failures: int = 50) -> None:
+    def __init__(
+        self,
+        strict: bool = False,
+        max_consecutive_failures: int = 50,
+        jpeg_draft: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.strict = strict
         self.max_consecutive_failures = max_consecutive_failures
+        self.jpeg_draft = jpeg_draft
+        self.max_pixels = max_pixels
 
     def strict_error(self, err: ImageLoadError) -> ImageLoadError:
         return ImageLoadError(
@@ -83,13 +96,35 @@ class ImageReader:
             "right? Last failures:\n  " + "\n  ".join(bad[-5:])
         )
 
+    def draft_size(self, transform: object) -> tuple[int, int] | None:
+        """The reduced JPEG decoding size for images that go through ``transform`` (``None``: full)."""
+        return draft_size(transform) if self.jpeg_draft else None
+
+    def load(
+        self, source: ProductTable | Path, name: str, draft: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """``uint8 [3, H, W]`` of image ``name`` of ``source`` (a table, or an image folder): out of the
+        table's array store when it has one, else decoded from its file (a large JPEG at reduced size when
+        ``draft`` gives the size the transform resizes to); raises :class:`ImageLoadError`, also for an
+        image above this reader's pixel limit."""
+        if isinstance(source, ProductTable):
+            if source.store is not None:
+                return source.store.load(name)
+            source = source.image_dir
+        return load_image(source, name, draft, self.max_pixels)
+
     def first_loadable(
-        self, table: ProductTable, product: Product, order: Sequence[int], bad: list[str]
+        self,
+        table: ProductTable,
+        product: Product,
+        order: Sequence[int],
+        bad: list[str],
+        draft: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """The first image of ``product`` in ``order`` that loads; failed paths are appended to ``bad``."""
         for i in order:
             try:
-                return load_image(table.image_dir, product.images[i])
+                return self.load(table, product.images[i], draft)
             except ImageLoadError as err:
                 if self.strict:
                     raise self.strict_error(err) from err
@@ -117,6 +152,7 @@ class ProductDataset(Dataset):
         self.transform = transform
         self.num_views = num_views
         self.reader = reader or ImageReader()
+        self.draft = self.reader.draft_size(transform)
         self.index = [(t, p) for t, table in enumerate(self.tables) for p in range(len(table))]
         if not self.index:
             raise ValueError("no products in " + ", ".join(str(t.annotation_path) for t in self.tables))
@@ -159,7 +195,8 @@ class ProductDataset(Dataset):
                 views = []
                 for _ in range(self.num_views):
                     first = rng.randrange(n)
-                    views.append(self.reader.first_loadable(table, product, [first, *range(n)], bad))
+                    order = [first, *range(n)]
+                    views.append(self.reader.first_loadable(table, product, order, bad, self.draft))
                 break
             except UnloadableProductError:
                 index = rng.randrange(len(self))
@@ -194,6 +231,7 @@ class ProductGalleryDataset(Dataset):
         self.table = table
         self.transform = transform
         self.reader = reader or ImageReader()
+        self.draft = self.reader.draft_size(transform)
         self.first_key = [0]
         for p in table.products:
             self.first_key.append(self.first_key[-1] + len(p.images))
@@ -207,7 +245,8 @@ class ProductGalleryDataset(Dataset):
         images, keys, bad = [], [], []
         for i in range(len(product.images)):
             try:
-                images.append(self.transform(self.reader.first_loadable(self.table, product, [i], bad)))
+                image = self.reader.first_loadable(self.table, product, [i], bad, self.draft)
+                images.append(self.transform(image))
                 keys.append(self.first_key[index] + i)
             except UnloadableProductError:
                 continue

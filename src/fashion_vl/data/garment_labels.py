@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from fashion_vl.data.datamodules import FashionDataModule
+from fashion_vl.data.base import FashionDataModule
 from fashion_vl.data.datasets import ProductDataset, ProductGalleryDataset, as_key
 from fashion_vl.data.formats.products import ProductSource
 from fashion_vl.data.synth.taxonomy import ATTRIBUTE_INDEX, CATEGORIES, COLOURS, PATTERNS, SUBCATEGORIES

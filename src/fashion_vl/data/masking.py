@@ -151,15 +151,22 @@ class BlockMasking:
 def soft_attribute_targets(
     attributes: Sequence[Sequence[int]], num_classes: int, product_ids: Sequence[int]
 ) -> torch.Tensor:
-    """``[B, num_classes]`` targets uniform over each product's attribute ids (rows of zeros when none)."""
+    """``[B, num_classes]`` targets uniform over each product's *distinct* attribute ids (rows of zeros
+    when none).
+
+    A product whose ids repeat one (``[3, 3, 17]``) gets 1/2 on each of its two attributes: the reference
+    writes ``1 / len(ids)`` per id, so its row sums below 1, and renormalises it in its soft-label
+    cross-entropy; deduplicating first gives the same distribution.
+    """
     targets = torch.zeros(len(attributes), num_classes)
     for row, (ids, pid) in enumerate(zip(attributes, product_ids)):
-        if not ids:
+        distinct = sorted(set(ids))
+        if not distinct:
             continue
-        if max(ids) >= num_classes:
+        if distinct[-1] >= num_classes:
             raise ValueError(
-                f"product {pid}: attribute id {max(ids)} >= data.num_attributes={num_classes}; "
+                f"product {pid}: attribute id {distinct[-1]} >= data.num_attributes={num_classes}; "
                 "re-mine the ids (fvl-data attributes) or raise num_attributes and the PAC head's classes"
             )
-        targets[row, list(ids)] = 1.0 / len(ids)
+        targets[row, distinct] = 1.0 / len(distinct)
     return targets

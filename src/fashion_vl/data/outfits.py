@@ -1,4 +1,5 @@
-"""Polyvore Outfits OCIR data: (question item, blank item) pairs for training, outfits for evaluation.
+"""Polyvore Outfits OCIR data: (question item, blank item) pairs for training, outfits for evaluation,
+and their DataModule (``PolyvoreOCIRDataModule``).
 
 Training (CSA-Net, reference §3d, with its quirk fixed): each sample is one outfit from which two
 *distinct* items are drawn as (question, blank) from the sample's seed, so the pair changes every
@@ -15,10 +16,13 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
+from fashion_vl.data.base import FashionDataModule
 from fashion_vl.data.datasets import ImageReader, as_key, seeded_transform
 from fashion_vl.data.formats._json import DataFormatError
-from fashion_vl.data.images import ImageLoadError, load_image
+from fashion_vl.data.formats.polyvore import polyvore_dir, read_ocir, read_polyvore_metadata
+from fashion_vl.data.images import ImageLoadError
 from fashion_vl.data.records import OutfitQuestion
 from fashion_vl.data.samplers import SampleKey
 
@@ -62,7 +66,7 @@ class OutfitPairDataset(Dataset):
 
         def load(index: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
             question, blank = rng.sample(self.outfits[index], 2)
-            images = (load_image(self.image_dir, f"{q}.jpg") for q in (question, blank))
+            images = (self.reader.load(self.image_dir, f"{q}.jpg") for q in (question, blank))
             return question, blank, *images
 
         _, (question, blank, q_img, b_img) = self.reader.load_or_replace(
@@ -103,7 +107,7 @@ class OutfitEvalDataset(Dataset):
 
     def _image(self, item: int, bad: list[str]) -> torch.Tensor | None:
         try:
-            return self.transform(load_image(self.image_dir, f"{item}.jpg"))
+            return self.transform(self.reader.load(self.image_dir, f"{item}.jpg"))
         except ImageLoadError as err:
             if self.reader.strict:
                 raise
@@ -157,3 +161,46 @@ def collate_outfits(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "fake_data": torch.tensor([s["fake_data"] for s in samples], dtype=torch.bool),
         "bad_images": bad,
     }
+
+
+class PolyvoreOCIRDataModule(FashionDataModule):
+    """Polyvore Outfits complementary item retrieval (OCIR) for CSA-Net; no text.
+
+    Args:
+        data_dir: the ``datasets/`` folder.
+        variant: ``disjoint`` (no item shared between train and test) or ``nondisjoint``.
+    """
+
+    def __init__(self, data_dir: str, variant: str = "disjoint", **common: Any) -> None:
+        common.setdefault("tokenizer", "none")
+        super().__init__(**common)
+        self.data_dir = Path(data_dir).expanduser()
+        self.variant = variant
+        self.train_set: OutfitPairDataset | None = None
+        self.eval_set: OutfitEvalDataset | None = None
+
+    @property
+    def tokenizer(self) -> None:  # CSA-Net reads images only
+        return None
+
+    def setup(self, stage: str | None = None) -> None:
+        categories = read_polyvore_metadata(self.data_dir)
+        images = polyvore_dir(self.data_dir) / "images"
+        if stage in ("fit", None) and self.train_set is None:
+            outfits = read_ocir(self.data_dir, self.variant, "train")
+            self.train_set = OutfitPairDataset(outfits, images, categories, self.train_transform, self.reader)
+        if self.eval_set is None:
+            entries = read_ocir(self.data_dir, self.variant, "test")
+            self.eval_set = OutfitEvalDataset(entries, images, categories, self.eval_transform, self.reader)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        if self.train_set is None:
+            raise RuntimeError("setup('fit') first")
+        return self.make_loader(self.train_set, collate_outfits, train=True)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        if self.eval_set is None:
+            raise RuntimeError("setup() first")
+        return self.make_loader(self.eval_set, collate_outfits, train=False)
+
+    test_dataloader = val_dataloader

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fashion_vl.data.array_store import ArrayImageStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,7 @@ class ProductTable:
     image_dir: Path
     annotation_path: Path
     products: list[Product] = field(default_factory=list)
+    store: ArrayImageStore | None = None  # images served from an array store instead of image_dir
 
     def __len__(self) -> int:
         return len(self.products)

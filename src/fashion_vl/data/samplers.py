@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import Sampler
 
-from fashion_vl.losses._dist import rank as dist_rank
-from fashion_vl.losses._dist import world_size as dist_world_size
+from fashion_vl.dist import rank as dist_rank
+from fashion_vl.dist import step_seed
+from fashion_vl.dist import world_size as dist_world_size
 
 
 class SampleKey(NamedTuple):
@@ -77,7 +78,7 @@ class ShardedSampler(Sampler[SampleKey]):
 
     def epoch_keys(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's indices and sample seeds for ``epoch``."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed(step_seed(self.seed, epoch))
         if self.weights is not None:
             order = torch.multinomial(self.weights, self.epoch_size, replacement=True, generator=g)
         elif self.shuffle:

@@ -1,4 +1,9 @@
-"""Image transforms (torchvision v2) on ``uint8 [3,H,W]`` tensors, as the reference configures them."""
+"""Image transforms (torchvision v2) on ``uint8 [3,H,W]`` tensors, as the reference configures them.
+
+They stop at ``uint8``: resizing, cropping and flipping run in the DataLoader workers, and the
+conversion to the model's normalised float input runs on the device, at the front of each image
+encoder (:class:`~fashion_vl.models.encoders.pixels.ImageNormalize`, which owns the mean/std below).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,26 @@ from collections.abc import Sequence
 import torch
 from torchvision.transforms import v2
 
-# Mean/std every FashionViL dataset config uses.
+# Mean/std every FashionViL dataset config uses (applied by the model: ImageNormalize).
 FASHION_MEAN = (0.46777044, 0.44531429, 0.40661017)
 FASHION_STD = (0.12221994, 0.12145835, 0.14380469)
 
 
-def _to_float(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+def draft_size(transform: object) -> tuple[int, int] | None:
+    """``(width, height)`` the transform resizes every image to before anything else, or ``None``.
+
+    Only a :class:`v2.Compose` whose first op is a :class:`v2.Resize` to a fixed ``(h, w)`` qualifies
+    (:func:`resize_crop`, the eval side of :func:`random_resized_crop`): such a transform downscales any
+    larger image anyway, so decoding it at reduced size first (:func:`~fashion_vl.data.images
+    .read_image`) only changes how the downscaling is done. Crops before the resize do not qualify.
+    """
+    ops = getattr(transform, "transforms", None)
+    if not ops or not isinstance(ops[0], v2.Resize):
+        return None
+    size = ops[0].size
+    if not isinstance(size, (list, tuple)) or len(size) != 2:
+        return None  # a short-side resize keeps the aspect ratio: the needed size depends on the image
+    return int(size[1]), int(size[0])
 
 
 def resize_crop(
@@ -21,8 +39,6 @@ def resize_crop(
     size: int = 224,
     resize: int = 256,
     hflip: bool = True,
-    mean: Sequence[float] = FASHION_MEAN,
-    std: Sequence[float] = FASHION_STD,
 ) -> v2.Compose:
     """Pre-training/retrieval: Resize(resize, resize) then RandomCrop+HFlip (train) or CenterCrop (eval)."""
     ops: list = [v2.Resize((resize, resize), antialias=True)]
@@ -30,7 +46,7 @@ def resize_crop(
         ops += [v2.RandomCrop(size)] + ([v2.RandomHorizontalFlip()] if hflip else [])
     else:
         ops.append(v2.CenterCrop(size))
-    return v2.Compose(ops + _to_float(mean, std))
+    return v2.Compose(ops)
 
 
 def random_resized_crop(
@@ -39,8 +55,6 @@ def random_resized_crop(
     scale: Sequence[float] = (0.8, 1.0),
     ratio: Sequence[float] = (0.75, 1.3),
     hflip: bool = True,
-    mean: Sequence[float] = FASHION_MEAN,
-    std: Sequence[float] = FASHION_STD,
 ) -> v2.Compose:
     """FashionIQ / Polyvore: RandomResizedCrop+HFlip (train) or Resize(size, size) (eval)."""
     if train:
@@ -48,10 +62,10 @@ def random_resized_crop(
         ops += [v2.RandomHorizontalFlip()] if hflip else []
     else:
         ops = [v2.Resize((size, size), antialias=True)]
-    return v2.Compose(ops + _to_float(mean, std))
+    return v2.Compose(ops)
 
 
-# CLIP's normalisation (EVA-CLIP ViTs, UniFashion's image encoder).
+# CLIP's normalisation (EVA-CLIP ViTs, UniFashion's image encoder; applied by the model).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -77,8 +91,6 @@ def target_pad(
     train: bool,
     size: int = 224,
     ratio: float = 1.25,
-    mean: Sequence[float] = CLIP_MEAN,
-    std: Sequence[float] = CLIP_STD,
 ) -> v2.Compose:
     """UniFashion (CLIP4Cir's ``targetpad``): pad to square past ``ratio``, bicubic resize of the short
     side to ``size``, centre crop; no augmentation, so ``train`` changes nothing."""
@@ -87,4 +99,49 @@ def target_pad(
         v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
         v2.CenterCrop(size),
     ]
-    return v2.Compose(ops + _to_float(mean, std))
+    return v2.Compose(ops)
+
+
+_INTERPOLATIONS = {
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
+
+
+def clip_preprocess(
+    train: bool,
+    size: int | Sequence[int] = 224,
+    interpolation: str = "bicubic",
+    resize_mode: str = "shortest",
+    fill: int = 0,
+    scale: Sequence[float] = (0.9, 1.0),
+) -> v2.Compose:
+    """A CLIP-family model's own preprocessing (open_clip's ``PreprocessCfg``), on ``uint8`` tensors.
+
+    Evaluation by ``resize_mode``: ``shortest`` resizes the short side to ``size`` and centre-crops
+    (CLIP); ``longest`` resizes the long side and pads to a centred square with ``fill``; ``squash``
+    resizes to ``size x size`` ignoring the aspect ratio (SigLIP). Training replaces the resize by
+    open_clip's ``RandomResizedCrop(size, scale)``; no flip (a text may say "left").
+    """
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, not {interpolation!r}")
+    mode = _INTERPOLATIONS[interpolation]
+    square = (size, size) if isinstance(size, int) else tuple(size)
+    if train:
+        ops: list = [v2.RandomResizedCrop(square, scale=tuple(scale), interpolation=mode, antialias=True)]
+    elif resize_mode == "shortest":
+        ops = [v2.Resize(min(square), interpolation=mode, antialias=True), v2.CenterCrop(square)]
+    elif resize_mode == "longest":
+        # CenterCrop of a smaller image pads it with zeros: open_clip's default fill_color
+        if fill != 0:
+            raise ValueError(f"resize_mode=longest pads with 0 here, not fill={fill}")
+        ops = [
+            v2.Resize(size=None, max_size=max(square), interpolation=mode, antialias=True),
+            v2.CenterCrop(square),
+        ]
+    elif resize_mode == "squash":
+        ops = [v2.Resize(square, interpolation=mode, antialias=True)]
+    else:
+        raise ValueError(f"resize_mode must be shortest, longest or squash, not {resize_mode!r}")
+    return v2.Compose(ops)

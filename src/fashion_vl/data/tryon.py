@@ -5,11 +5,12 @@ Each item (:class:`TryOnDataset`), at ``(height, width)``:
 =============  =====================  ===============================================================
 key            type                   meaning
 =============  =====================  ===============================================================
-image          float ``[3,H,W]``      the person, in [-1, 1]
-agnostic       float ``[3,H,W]``      the person with the area to paint greyed, in [-1, 1]
+image          uint8 ``[3,H,W]``      the person (the model maps it to [-1, 1] on the device)
+agnostic       uint8 ``[3,H,W]``      the person with the area to paint greyed
 agnostic_mask  float ``[1,H,W]``      1 = area to paint, 0 elsewhere (thresholded at 128 of 255)
-densepose      float ``[3,H,W]``      DensePose rendering in [-1, 1] (zeros if the record has none)
-cloth          float ``[3,H,W]``      the in-shop garment, in [-1, 1]
+densepose      float ``[3,H,W]``      DensePose rendering in [-1, 1] (zeros, i.e. mid-grey, if the record
+                                      has none: no uint8 value is exactly 0 in [-1, 1], so it stays float)
+cloth          uint8 ``[3,H,W]``      the in-shop garment
 cloth_mask     float ``[1,H,W]``      1 on the garment (thresholded at 128)
 sketch         float ``[1,H,W]``      garment sketch in [0, 1], 1 = line (MGD's convention)
 caption        ``str``                garment caption ("" when none)
@@ -44,13 +45,13 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
+from fashion_vl.data.base import FashionDataModule
 from fashion_vl.data.collate import TextTokenizer
-from fashion_vl.data.datamodules import FashionDataModule
 from fashion_vl.data.datasets import ImageReader, as_key
 from fashion_vl.data.formats._tryon import TryOnRecord, check_mode
 from fashion_vl.data.formats.dresscode import read_dresscode
 from fashion_vl.data.formats.vitonhd import read_vitonhd
-from fashion_vl.data.images import ImageLoadError
+from fashion_vl.data.images import DEFAULT_MAX_PIXELS, ImageLoadError, open_image
 from fashion_vl.data.samplers import SampleKey
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,21 @@ _PALETTE = np.array(
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
 
 
-def read_resized(path: Path, mode: str, size: tuple[int, int], resample: str = "bilinear") -> np.ndarray:
+def read_image_resized(
+    path: Path,
+    mode: str,
+    size: tuple[int, int],
+    resample: str = "bilinear",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
     """Decode ``path`` in PIL ``mode`` (``RGB``, ``L``, or ``labels`` for a label map kept as is) and
-    resize to ``size = (height, width)``; ``uint8 [H,W(,3)]``. Failures raise :class:`ImageLoadError`."""
+    resize to ``size = (height, width)``; ``uint8 [H,W(,3)]``. Failures, and images above
+    ``max_pixels``, raise :class:`ImageLoadError`."""
     if not path.is_file():
         raise ImageLoadError(path, "no such file")
     height, width = size
     try:
-        with Image.open(path) as img:
+        with open_image(path, max_pixels) as img:
             img.load()
             if mode == "labels":
                 img = img if img.mode in ("L", "P") else img.convert("L")
@@ -87,6 +95,10 @@ def read_resized(path: Path, mode: str, size: tuple[int, int], resample: str = "
 
 def _signed(rgb: np.ndarray) -> torch.Tensor:  # uint8 [H,W,3] -> float [3,H,W] in [-1, 1]
     return torch.from_numpy(rgb).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def _pixels(rgb: np.ndarray) -> torch.Tensor:  # uint8 [H,W,3] -> uint8 [3,H,W]
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
 
 
 def _binary(mask: np.ndarray) -> torch.Tensor:  # bool/uint8 [H,W] -> float [1,H,W] in {0, 1}
@@ -124,6 +136,7 @@ class TryOnDataset(Dataset):
     def load(self, record: TryOnRecord) -> dict[str, torch.Tensor]:
         """The tensors of one record, unflipped; raises :class:`ImageLoadError` on a bad file."""
         size = self.size
+        read_resized = functools.partial(read_image_resized, max_pixels=self.reader.max_pixels)
         person = read_resized(record.image, "RGB", size)
         if record.agnostic_mask is not None:
             mask = read_resized(record.agnostic_mask, "L", size) >= 128
@@ -151,11 +164,11 @@ class TryOnDataset(Dataset):
         else:
             sketch = torch.zeros(1, *size)
         return {
-            "image": _signed(person),
-            "agnostic": _signed(agnostic),
+            "image": _pixels(person),
+            "agnostic": _pixels(agnostic),
             "agnostic_mask": _binary(mask),
             "densepose": densepose,
-            "cloth": _signed(cloth),
+            "cloth": _pixels(cloth),
             "cloth_mask": _binary(cloth_mask),
             "sketch": sketch,
         }
@@ -209,7 +222,7 @@ class TryOnDataModule(FashionDataModule):
         format_options: keyword arguments of the reader (``sketch_dir``, ``unpaired_sketch_dir``,
             ``captions``; Dress Code also ``categories``).
         max_items: keep the first N records of each split (smoke runs).
-        Others as :class:`~fashion_vl.data.datamodules.FashionDataModule`. ``tokenizer: none`` (the
+        Others as :class:`~fashion_vl.data.base.FashionDataModule`. ``tokenizer: none`` (the
         default) leaves the captions as raw strings for the diffusion branch's own text encoder; a
         tokenizer (the Q-Former's) also gives ``input_ids`` / ``attention_mask`` of the captions for
         the sketch-and-caption query encoder.

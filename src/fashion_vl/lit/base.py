@@ -9,6 +9,8 @@ import torch
 from lightning import LightningModule
 from torch import nn
 
+from fashion_vl.lit.nonfinite import NonFiniteGuard
+from fashion_vl.models.checkpoint import migrate_checkpoint
 from fashion_vl.optim import param_groups
 from fashion_vl.utils.speed import multi_tensor_kwargs
 
@@ -66,6 +68,14 @@ class FashionLitModule(LightningModule):
             "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "step"},
         }
 
+    def configure_callbacks(self) -> list:
+        """The non-finite guard, unless the trainer already has one (``callbacks.nonfinite``): every task
+        skips steps with a NaN/inf loss or gradient norm (:mod:`fashion_vl.lit.nonfinite`)."""
+        trainer = self._trainer
+        if trainer is not None and any(isinstance(c, NonFiniteGuard) for c in trainer.callbacks):
+            return []
+        return [NonFiniteGuard()]
+
     def _parameter_device(self) -> torch.device:
         """Where the parameters will live when training (the strategy's device once attached)."""
         trainer = self._trainer
@@ -73,6 +83,12 @@ class FashionLitModule(LightningModule):
 
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["input_ids"].shape[0])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints written before the networks owned every weight load with their keys renamed
+        (:func:`~fashion_vl.models.checkpoint.migrate_checkpoint`); Lightning calls this before the
+        strict load of ``state_dict`` (``fvl-eval ckpt_path=``, resuming, ``trainer.test``)."""
+        migrate_checkpoint(checkpoint)
 
 
 class SplitRecallHooks:

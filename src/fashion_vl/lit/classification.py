@@ -7,40 +7,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 
 from fashion_vl.lit.base import FashionLitModule
 from fashion_vl.models.fashionvil import FashionViL
 
-# FashionGen's label spaces
-NUM_CLASSES = {"subcategory": 121, "category": 48}
-
-
-class ClassificationHead(nn.Module):
-    """Pooled [CLS] of the fusion -> BERT head transform -> linear classifier."""
-
-    def __init__(self, net: FashionViL, num_classes: int) -> None:
-        super().__init__()
-        self.transform = BertPredictionHeadTransform(net.text_encoder.config)
-        self.classifier = nn.Linear(net.hidden_size, num_classes)
-
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.transform(pooled))
-
 
 class ClassificationModule(FashionLitModule):
-    """Sub-category (121 classes) or category (48) recognition; switch with ``data.label``.
+    """Sub-category (121 classes) or category (48) recognition: the network's
+    :class:`~fashion_vl.models.heads.ClassificationHead` (``net.heads[head]``) on the fused [CLS]; the
+    labels are ``data.label``'s, the head's size ``data.num_classes``.
 
     Each training sample is a product image with its text; evaluation pairs *every* val image with its
     product's text, as the reference. Logged: ``train/loss``, ``train/acc``; ``{split}/acc`` (micro
     accuracy) and ``{split}/macro_f1`` (over the classes that occur, as sklearn's).
 
     Args:
-        label: ``subcategory`` or ``category`` (``${data.label}``).
-        num_classes: defaults to FashionGen's size of the label space.
+        head: the network's head to train (``model.heads.<head>``).
     """
 
     def __init__(
@@ -48,17 +32,16 @@ class ClassificationModule(FashionLitModule):
         net: FashionViL,
         optimizer: Any,
         scheduler: Any = None,
-        label: str = "subcategory",
-        num_classes: int | None = None,
+        head: str = "classification",
         lr_multiplier: float = 20.0,
-        fast_modules: Sequence[str] = ("net.image_encoder", "net.visual_embeddings.projection", "head"),
+        fast_modules: Sequence[str] = ("net.image_encoder", "net.visual_embeddings.projection", "net.heads"),
     ) -> None:
         super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
-        if label not in NUM_CLASSES:
-            raise ValueError(f"lit.label must be one of {sorted(NUM_CLASSES)}, not {label!r}")
+        if head not in net.heads:
+            raise ValueError(f"lit.head: the network has no head '{head}' (model.heads: {sorted(net.heads)})")
         self.save_hyperparameters(logger=False, ignore=["net", "optimizer", "scheduler"])
-        num_classes = num_classes or NUM_CLASSES[label]
-        self.head = ClassificationHead(net, num_classes)
+        self.head = head
+        num_classes = net.heads[head].num_classes
         metrics = MetricCollection(
             {
                 "acc": MulticlassAccuracy(num_classes, average="micro"),
@@ -71,7 +54,7 @@ class ClassificationModule(FashionLitModule):
     def logits(
         self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor:
-        return self.head(self.net.encode_fused(input_ids, attention_mask, images).pooled)
+        return self.net.heads[self.head](self.net.encode_fused(input_ids, attention_mask, images).pooled)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logits = self.logits(batch["image"], batch["input_ids"], batch["attention_mask"])

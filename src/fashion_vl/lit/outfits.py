@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -18,7 +18,9 @@ class OutfitRetrievalModule(SplitRecallHooks, FashionLitModule):
     class-balanced recall@10/30/50 of outfit queries (the mean of their conditioned question items)
     against the blank gallery restricted to the blank's category.
 
-    Logged: ``train/loss``; ``{split}/r@10``, ``r@30``, ``r@50``, ``avg``.
+    Logged: ``train/loss``; ``{split}/r@10``, ``r@30``, ``r@50``, ``avg``. ``recall``: further
+    :class:`~fashion_vl.metrics.composed.ComposedGalleryRecall` arguments (``ranking``, ``per_rank``:
+    ours by default, FashionViL's under ``fidelity=reference``).
     """
 
     def __init__(
@@ -30,12 +32,13 @@ class OutfitRetrievalModule(SplitRecallHooks, FashionLitModule):
         lr_multiplier: float = 1.0,
         fast_modules: Sequence[str] = (),
         ks: Sequence[int] = (10, 30, 50),
+        recall: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.loss = loss
-        self.val_recall = ComposedGalleryRecall(ks, class_balanced=True)
-        self.test_recall = ComposedGalleryRecall(ks, class_balanced=True)
+        self.val_recall = ComposedGalleryRecall(ks, class_balanced=True, **(recall or {}))
+        self.test_recall = ComposedGalleryRecall(ks, class_balanced=True, **(recall or {}))
 
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["blank_image"].shape[0])

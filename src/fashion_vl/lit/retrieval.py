@@ -3,7 +3,7 @@ cross-modal retrieval trained with ITC (symmetric InfoNCE)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,9 @@ class GalleryRetrievalModule(SplitRecallHooks, FashionLitModule):
 
     Logs ``{split}/{protocol}/i2t_r@K``, ``.../t2i_r@K``, ``.../rsum`` and ``.../mean`` (percentages)
     for each protocol in ``protocols`` (``full``: the whole gallery; ``sample100``: KaleidoBERT's 1 + 100
-    candidates). Subclasses add the training objective.
+    candidates). Subclasses add the training objective. ``recall``: further
+    :class:`~fashion_vl.metrics.gallery.CrossModalGalleryRecall` arguments (``ranking``,
+    ``sample100_fill``, ``per_rank``: ours by default, FashionViL's under ``fidelity=reference``).
     """
 
     def __init__(
@@ -31,10 +33,11 @@ class GalleryRetrievalModule(SplitRecallHooks, FashionLitModule):
         fast_modules: Sequence[str],
         ks: Sequence[int],
         protocols: Sequence[str] = ("full",),
+        recall: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
-        self.val_recall = CrossModalGalleryRecall(ks, protocols)
-        self.test_recall = CrossModalGalleryRecall(ks, protocols)
+        self.val_recall = CrossModalGalleryRecall(ks, protocols, **(recall or {}))
+        self.test_recall = CrossModalGalleryRecall(ks, protocols, **(recall or {}))
 
     def _embed_gallery(self, batch: dict, metric: CrossModalGalleryRecall) -> None:
         text = self.net.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
@@ -64,6 +67,7 @@ class CrossModalRetrievalModule(GalleryRetrievalModule):
         loss: the contrastive loss (``losses.ContrastiveLoss``).
         ks: the K of recall@K.
         protocols: evaluation protocols (both by default: ``full`` and ``sample100``).
+        recall: see :class:`GalleryRetrievalModule`.
         optimizer, scheduler, lr_multiplier, fast_modules: see :class:`FashionLitModule`.
     """
 
@@ -77,8 +81,9 @@ class CrossModalRetrievalModule(GalleryRetrievalModule):
         fast_modules: Sequence[str] = ("net.image_encoder", "net.visual_embeddings.projection"),
         ks: Sequence[int] = (1, 5, 10),
         protocols: Sequence[str] = ("full", "sample100"),
+        recall: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules, ks, protocols)
+        super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules, ks, protocols, recall)
         # the full resolved config is in every checkpoint (ConfigInCheckpoint); keep hparams to plain values
         self.save_hyperparameters(logger=False, ignore=["net", "loss", "optimizer", "scheduler"])
         self.loss = loss

@@ -1,4 +1,4 @@
-"""UniFashion try-on editing (``shared/reference/unifashion.md`` §1 and §3, the StableVITON fork):
+"""UniFashion try-on editing (``docs/reference.md`` UniFashion §1 and §3, the StableVITON fork):
 train :class:`~fashion_vl.models.unifashion.tryon.TryOnEditor` on VITON-HD / Dress Code batches, and
 evaluate the pictures it samples."""
 
@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 from fashion_vl.lit.base import FashionLitModule
-from fashion_vl.losses._dist import rank
+from fashion_vl.lit.objectives import step_generator
 from fashion_vl.metrics.generation import (
     GenerationCLIPScore,
     GenerationQuality,
     MaskedReconstruction,
     keep_mask_from_paint_mask,
 )
+from fashion_vl.models.encoders.pixels import to_signed
 from fashion_vl.models.unifashion.diffusion import DiffusionBranch
 from fashion_vl.models.unifashion.tryon import TryOnEditor
 
@@ -102,17 +103,19 @@ class UniFashionTryOnModule(FashionLitModule):
     def batch_size_of(self, batch: dict) -> int:
         return int(batch["image"].shape[0])
 
-    def _generator(self, step: int, stream: int = 0) -> torch.Generator:
-        """Seeded by (seed, step, rank, stream): a resumed run draws what the uninterrupted one would."""
-        return torch.Generator().manual_seed(((self.seed * 1_000_003 + step) * 1009 + rank()) * 3 + stream)
+    # the random streams (lit/objectives.py step_generator): training noise, validation noise, test sampling
+    TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 0, 1, 2
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.net.training_loss(batch, None, self._generator(self.global_step))
+        loss = self.net.training_loss(
+            batch, None, step_generator(self.seed, self.global_step, stream=self.TRAIN_STREAM)
+        )
         self.log("train/loss", loss, batch_size=self.batch_size_of(batch), prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self.net.training_loss(batch, None, self._generator(batch_idx, stream=1), condition_drop=0.0)
+        generator = step_generator(self.seed, batch_idx, stream=self.VAL_STREAM)
+        loss = self.net.training_loss(batch, None, generator, condition_drop=0.0)
         self.log("val/loss", loss, batch_size=self.batch_size_of(batch), sync_dist=True)
 
     # ----------------------------------------------------------------------------------- testing
@@ -130,11 +133,9 @@ class UniFashionTryOnModule(FashionLitModule):
         batch = {k: v[:budget] for k, v in batch.items() if k != "bad_images"}
         options = {k: self.sampling[k] for k in ("num_steps", "guidance_scale", "eta", "paste_back")}
         # the generator lives on the latents' device (diffusers draws noise there when given one)
-        generator = torch.Generator(self.device).manual_seed(
-            ((self.seed * 1_000_003 + batch_idx) * 1009 + rank()) * 3 + 2
-        )
+        generator = step_generator(self.seed, batch_idx, stream=self.TEST_STREAM, device=self.device)
         images = self.net.sample(batch, generator=generator, **options)
-        person = batch["image"].to(images.dtype)
+        person = to_signed(batch["image"]).to(images.dtype)
         self.keep_region.update(images, person, keep_mask_from_paint_mask(batch["agnostic_mask"]))
         if "quality" in self.external_metrics:
             self.external_metrics["quality"].update(person, real=True)

@@ -1,12 +1,12 @@
 """Training the MPFC image tokenizer: a VQ-VAE (diffusers ``VQModel``) on the training images.
 
 The authors' VQ-VAE cannot be downloaded, so ``fvl-train experiment=vqvae_fashionall`` trains ours;
-``model/vq_tokenizer_ckpt`` then turns its checkpoint into the frozen MPFC tokenizer.
+``model/image_tokenizer/vq_ckpt`` then turns its checkpoint into the frozen MPFC tokenizer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +15,7 @@ from diffusers import VQModel
 from torchmetrics import Metric
 
 from fashion_vl.lit.base import FashionLitModule
+from fashion_vl.models.encoders.pixels import FASHION_MEAN, FASHION_STD, ImageNormalize
 
 RECON_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "l1": F.l1_loss,
@@ -60,6 +61,8 @@ class VQVAEModule(FashionLitModule):
         net: the ``VQModel`` (``conf/model/vqvae*.yaml``).
         recon_loss: ``l1`` or ``mse``, on normalised pixels.
         vq_loss_weight: weight of the quantizer's loss.
+        mean, std: the dataset normalisation of the ``uint8`` batches (FashionViL's: the MPFC tokenizer
+            reads what the image encoder reads), applied on the device before the ``VQModel``.
         optimizer, scheduler, lr_multiplier, fast_modules: see :class:`FashionLitModule`.
     """
 
@@ -72,8 +75,12 @@ class VQVAEModule(FashionLitModule):
         vq_loss_weight: float = 1.0,
         lr_multiplier: float = 1.0,
         fast_modules: tuple[str, ...] = (),
+        mean: Sequence[float] = FASHION_MEAN,
+        std: Sequence[float] = FASHION_STD,
     ) -> None:
         super().__init__(net, optimizer, scheduler, lr_multiplier, fast_modules)
+        # diffusers' VQModel has no input step of its own; non-persistent: checkpoints keep their keys
+        self.input_norm = ImageNormalize(mean, std)
         if recon_loss not in RECON_LOSSES:
             raise ValueError(f"lit.recon_loss must be one of {sorted(RECON_LOSSES)}, not {recon_loss!r}")
         # the full resolved config is in every checkpoint (ConfigInCheckpoint); keep hparams to plain values
@@ -87,6 +94,7 @@ class VQVAEModule(FashionLitModule):
 
     def _losses(self, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Losses and the latents before quantization ``[B, D, h, w]``."""
+        images = self.input_norm(images)
         latents = self.net.encode(images).latents
         decoded = self.net.decode(latents)
         recon = self.recon_loss(decoded.sample.float(), images.float())

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fashion_vl.losses.objective import output
+from fashion_vl.losses.objective import StepContext, output
 
 if TYPE_CHECKING:
     from fashion_vl.models.outputs import ImageTextEncoding
@@ -20,28 +20,36 @@ class CaptionLoss(nn.Module):
     """Next-token cross-entropy of the LLM on the text (``batch["text"]``, so the DataModule needs
     ``return_text: true``), with ``[projected query outputs ; instruction]`` as the prefix.
 
-    The LLM reads the image-only query outputs. (The reference's ``blip2_cir_full`` feeds it the
-    outputs of a pass with the target text as Q-Former input, which leaks the answer into the prefix.)
-
     Args:
         prompts: instructions; each sample draws one at random (the reference draws one per batch).
+        prefix: ``queries`` (ours): the LLM reads the image-only query outputs; ``fused`` (the
+            reference's ``blip2_qformer_cir_full``; the ``fidelity=reference`` preset): every output,
+            queries and text, of a Q-Former pass that also reads the caption (``batch["input_ids"]``),
+            which leaks the answer into the prefix.
+        append_eos: end each target with EOS (ours) or not (the reference).
     """
 
-    def __init__(self, prompts: Sequence[str]) -> None:
+    def __init__(self, prompts: Sequence[str], prefix: str = "queries", append_eos: bool = True) -> None:
         super().__init__()
         if not prompts:
             raise ValueError("lit.objectives.caption.prompts is empty")
+        if prefix not in ("queries", "fused"):
+            raise ValueError(f"lit.objectives.caption.prefix must be 'queries' or 'fused', not {prefix!r}")
         self.prompts = list(prompts)
+        self.prefix = prefix
+        self.append_eos = append_eos
 
     def draw_prompts(self, n: int, generator: torch.Generator) -> list[str]:
         picks = torch.randint(len(self.prompts), (n,), generator=generator)
         return [self.prompts[int(i)] for i in picks]
 
-    def forward(
-        self, net: UniFashion, enc: ImageTextEncoding, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         if "text" not in batch:
             raise KeyError("the caption loss needs the raw texts: set data.return_text=true")
+        enc: ImageTextEncoding = step.encoding
         texts = batch["text"]
-        loss = net.caption_loss(enc.query_states, self.draw_prompts(len(texts), generator), texts)
+        states = enc.query_states
+        if self.prefix == "fused":
+            states = net.qformer.fused_states(enc.image_tokens, batch["input_ids"], batch["attention_mask"])
+        loss = net.caption_loss(states, self.draw_prompts(len(texts), step.generator), texts, self.append_eos)
         return output(loss)

@@ -1,18 +1,19 @@
-"""UniFashion phase 2 objectives (``shared/reference/unifashion.md`` §3) on a
+"""UniFashion phase 2 objectives (``docs/reference.md`` UniFashion §3) on a
 :class:`~fashion_vl.models.outputs.ComposedEncoding`: ITC composed <-> target, TTC composed <-> target
 caption, ITM on (target image, target caption) or on (reference + target image, modification text) with
-hard negatives. Each is called as
-``objective(net, encoding, batch, generator)``, the phase-1 interface."""
+hard negatives. Each is called as every objective is, ``objective(net, batch, step)``, with the step's
+:class:`~fashion_vl.models.outputs.ComposedEncoding` as ``step.encoding``."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_vl.losses._dist import gather_no_grad, gather_with_grad, rank
+from fashion_vl.dist import gather_no_grad, gather_with_grad, rank
 from fashion_vl.losses.itc import MultiQueryContrastiveLoss, max_over_queries
 from fashion_vl.losses.itm import (
     QueryItmLoss,
@@ -21,7 +22,7 @@ from fashion_vl.losses.itm import (
     negative_mode,
     triplet_itm_loss,
 )
-from fashion_vl.losses.objective import output, zero_loss
+from fashion_vl.losses.objective import StepContext, output, zero_loss
 from fashion_vl.models.outputs import ComposedEncoding, ImageTextEncoding
 
 if TYPE_CHECKING:
@@ -37,9 +38,8 @@ class ComposedItcLoss(nn.Module):
         super().__init__()
         self.loss = loss or MultiQueryContrastiveLoss()
 
-    def forward(
-        self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        enc: ComposedEncoding = step.encoding
         loss = self.loss(enc.target_feats, enc.composed_feat, enc.temperature)
         return output(loss, temperature=enc.temperature)
 
@@ -64,14 +64,41 @@ def masked_contrastive(
 class TtcLoss(nn.Module):
     """TTC: the composed feature against the target caption's text [CLS] feature (symmetric InfoNCE at
     the Q-Former's temperature), so the fusion also matches a description of the wanted item. Pairs whose
-    target has no caption are left out of the average (:func:`masked_contrastive`)."""
+    target has no caption are left out of the average (:func:`masked_contrastive`).
 
-    def forward(
-        self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    Args:
+        source: ``cls`` (ours): the composed feature (the fused [CLS] through ``text_projection``), both
+            directions, negatives from every rank; ``queries`` (the reference's ``loss_ttc``,
+            ``blip2_qformer_cir_rerank``; the ``fidelity=reference`` preset): the query outputs of the
+            same fusion pass through ``vision_projection``, max over queries against each caption,
+            composed -> caption only, negatives from this rank's batch (one more fusion pass here:
+            the encoding keeps only the [CLS]). Its scale is the reference's single cross-entropy, so
+            its loss weight is 1 where ours (the mean of two directions) is 2.
+    """
+
+    def __init__(self, source: str = "cls") -> None:
+        super().__init__()
+        if source not in ("cls", "queries"):
+            raise ValueError(f"lit.objectives.ttc.source must be 'cls' or 'queries', not {source!r}")
+        self.source = source
+
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        enc: ComposedEncoding = step.encoding
         if enc.caption_feat is None:
             raise KeyError("TTC needs target captions: set data.target_captions=true")
         valid = batch["has_target_caption"].to(enc.composed_feat.device)
+        if self.source == "queries":
+            if enc.reference_tokens is None:
+                raise KeyError("TTC on query outputs needs the reference image's tokens")
+            qformer = net.qformer
+            fused = qformer.fused_states(enc.reference_tokens, batch["input_ids"], batch["attention_mask"])
+            queries = qformer.project_image(fused[:, : qformer.num_query_tokens])
+            logits = max_over_queries(queries, enc.caption_feat) / enc.temperature
+            labels = torch.arange(logits.shape[0], device=logits.device)
+            rows = F.cross_entropy(logits, labels, reduction="none")
+            weight = valid.to(rows.dtype)
+            loss = (rows * weight).sum() / weight.sum() if bool(valid.any()) else zero_loss(rows)
+            return output(loss, captioned=gather_no_grad(valid.float()).mean())
         loss = masked_contrastive(enc.composed_feat, enc.caption_feat, valid, enc.temperature)
         covered = gather_no_grad(valid.float()).mean()
         return output(loss, captioned=covered)
@@ -82,24 +109,73 @@ class TargetItmLoss(nn.Module):
     ways, 3B pairs, ``itm_head`` over the phase-1 query outputs) on (target image, target caption) pairs.
     Negatives are mined from the similarities of the targets' prompt-query features and the captions'
     features, positives masked by target image (``target_key``). A target without a caption is paired
-    with the empty text (the DataModule logs how many)."""
+    with the empty text (the DataModule logs how many).
 
-    def __init__(self, negatives: str = "argmax") -> None:
+    Args:
+        negatives: ``argmax``, ``sample`` or ``uniform`` (:func:`~fashion_vl.losses.itm.mine_negatives`).
+        mining: ``caption`` (ours, above); ``composed`` (the reference's ``blip2_qformer_cir_rerank``
+            ``loss_itm``; the ``fidelity=reference`` preset): both negatives are mined from the
+            composed <-> target ITC similarities of this rank's batch with only the diagonal masked
+            (b's negative text from row b of composed -> target, a target index used as a text index;
+            b's negative target from row b of target -> composed), and the negative texts are other
+            samples' *modification texts* while the positives read target captions: the text style
+            alone gives the answer away.
+        query_set: the query set the pairs are read with: ``queries`` (ours, the phase-1 queries) or
+            ``prompts`` (the reference's ``prompt_tokens``).
+    """
+
+    def __init__(
+        self, negatives: str = "argmax", mining: str = "caption", query_set: str = "queries"
+    ) -> None:
         super().__init__()
         self.itm = QueryItmLoss(negatives)
+        if mining not in ("caption", "composed"):
+            raise ValueError(f"lit.objectives.itm.mining must be 'caption' or 'composed', not {mining!r}")
+        if query_set not in ("queries", "prompts"):
+            raise ValueError(
+                f"lit.objectives.itm.query_set must be 'queries' or 'prompts', not {query_set!r}"
+            )
+        self.mining = mining
+        self.query_set = query_set
 
-    def forward(
-        self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        enc: ComposedEncoding = step.encoding
         if enc.caption_feat is None:
             raise KeyError("ITM on target captions needs them: set data.target_captions=true")
+        query_tokens = net.qformer.prompt_tokens if self.query_set == "prompts" else None
+        if self.mining == "composed":
+            return self._reference(net, enc, batch, step.generator, query_tokens)
+        if query_tokens is not None:
+            raise ValueError("lit.objectives.itm.query_set=prompts needs mining=composed")
         pairs = ImageTextEncoding(enc.target_tokens, enc.target_states, enc.target_feats, enc.caption_feat)
         caption_batch = {
             "input_ids": batch["target_input_ids"],
             "attention_mask": batch["target_attention_mask"],
             "product_id": batch["target_key"],
         }
-        return self.itm(net, pairs, caption_batch, generator)
+        return self.itm(net, caption_batch, dataclasses.replace(step, encoding=pairs))
+
+    def _reference(
+        self,
+        net: UniFashion,
+        enc: ComposedEncoding,
+        batch: dict,
+        generator: torch.Generator,
+        query_tokens: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """The reference's pairs, per rank: (target, caption), (negative target, caption), (target,
+        negative modification text)."""
+        with torch.no_grad():
+            sim_c2t = max_over_queries(enc.target_feats, enc.composed_feat).T / enc.temperature
+            own = torch.arange(sim_c2t.shape[0], device=sim_c2t.device)  # only the diagonal is masked
+            negative_text = mine_negatives(sim_c2t, own, own, self.itm.negatives, generator)
+            negative_target = mine_negatives(sim_c2t.T, own, own, self.itm.negatives, generator)
+        pair_tokens = torch.cat([enc.target_tokens, enc.target_tokens[negative_target], enc.target_tokens])
+        ids, mask = batch["target_input_ids"], batch["target_attention_mask"]
+        texts = (batch["input_ids"], batch["attention_mask"])
+        length = max(ids.shape[1], texts[0].shape[1])  # triplet_itm_loss pads captions to the texts' width
+        texts = tuple(F.pad(t, (0, length - t.shape[1])) for t in texts)
+        return triplet_itm_loss(net, pair_tokens, ids, mask, texts, negative_text, query_tokens)
 
 
 class ComposedItmLoss(nn.Module):
@@ -124,9 +200,8 @@ class ComposedItmLoss(nn.Module):
         super().__init__()
         self.negatives = negative_mode(negatives)
 
-    def forward(
-        self, net: UniFashion, enc: ComposedEncoding, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        enc: ComposedEncoding = step.encoding
         if enc.reference_tokens is None:
             raise KeyError(
                 "composed ITM needs the reference image's tokens (ComposedEncoding.reference_tokens)"
@@ -138,10 +213,33 @@ class ComposedItmLoss(nn.Module):
                 max_over_queries(gather_no_grad(enc.target_feats), enc.composed_feat).T / enc.temperature
             )
             sim_t2q = max_over_queries(enc.target_feats, gather_no_grad(enc.composed_feat)) / enc.temperature
-            other_target = mine_negatives(sim_q2t, keys, all_keys, self.negatives, generator)
-            other_text = mine_negatives(sim_t2q, keys, all_keys, self.negatives, generator)
+            other_target = mine_negatives(sim_q2t, keys, all_keys, self.negatives, step.generator)
+            other_text = mine_negatives(sim_t2q, keys, all_keys, self.negatives, step.generator)
         all_targets = gather_with_grad(enc.target_tokens)
         own = torch.cat([enc.reference_tokens, enc.target_tokens], dim=1)
         swapped = torch.cat([enc.reference_tokens, all_targets[other_target]], dim=1)
         pair_tokens = torch.cat([own, swapped, own])
         return triplet_itm_loss(net, pair_tokens, ids, mask, gathered_texts(ids, mask), other_text)
+
+
+class ItmOnModificationText(nn.Module):
+    """Runs an ITM objective written for (target image, target caption) pairs
+    (:class:`~fashion_vl.losses.TargetItmLoss`) on (target image, modification text) pairs instead: the
+    pairs re-ranking scores at test time, where the query's only text is its modification text. Hard
+    negatives are mined from the modification texts' own text [CLS] features (computed without
+    gradient); positives are still masked by target image (``target_key``)."""
+
+    def __init__(self, objective: nn.Module) -> None:
+        super().__init__()
+        self.objective = objective
+
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            text_feat = net.encode_text(ids, mask)
+        enc = dataclasses.replace(step.encoding, caption_feat=text_feat)
+        return self.objective(
+            net,
+            {**batch, "target_input_ids": ids, "target_attention_mask": mask},
+            dataclasses.replace(step, encoding=enc),
+        )

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fashion_vl.losses._dist import gather_with_grad, rank
-from fashion_vl.losses.objective import output
+from fashion_vl.dist import gather_with_grad, rank
+from fashion_vl.losses.objective import StepContext, output
 
 
 class ContrastiveLoss(nn.Module):
@@ -51,14 +49,14 @@ class ContrastiveLoss(nn.Module):
 class ItcLoss(nn.Module):
     """ITC as a pre-training objective: image-only vs text-only embeddings, :class:`ContrastiveLoss`."""
 
-    def __init__(self, net: nn.Module, loss: ContrastiveLoss | None = None) -> None:
+    def __init__(self, loss: ContrastiveLoss | None = None) -> None:
         super().__init__()
         self.loss = loss or ContrastiveLoss()
 
-    def forward(self, net: nn.Module, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, net: nn.Module, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         image = net.encode_image(batch["image"], normalize=True)
         text = net.encode_text(batch["input_ids"], batch["attention_mask"], normalize=True)
-        return {"loss": self.loss(image, text)}
+        return output(self.loss(image, text))
 
 
 def max_over_queries(image_feats: torch.Tensor, text_feats: torch.Tensor) -> torch.Tensor:
@@ -115,8 +113,7 @@ class QueryItcLoss(nn.Module):
         super().__init__()
         self.loss = loss or MultiQueryContrastiveLoss()
 
-    def forward(
-        self, net: nn.Module, enc: Any, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, net: nn.Module, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        enc = step.encoding
         temperature = net.qformer.temperature()
         return output(self.loss(enc.image_feats, enc.text_feat, temperature), temperature=temperature)

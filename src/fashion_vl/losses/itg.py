@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashion_vl.data.masking import IGNORE_INDEX
-from fashion_vl.losses.objective import output
+from fashion_vl.losses.objective import StepContext, output
 
 if TYPE_CHECKING:
     from fashion_vl.models.outputs import ImageTextEncoding
@@ -39,9 +39,8 @@ class ItgLoss(nn.Module):
         super().__init__()
         self.label_smoothing = label_smoothing
 
-    def forward(
-        self, net: UniFashion, enc: ImageTextEncoding, batch: dict, generator: torch.Generator
-    ) -> dict[str, torch.Tensor]:
+    def forward(self, net: UniFashion, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
+        enc: ImageTextEncoding = step.encoding
         ids, labels = decoder_inputs(batch["input_ids"], batch["attention_mask"], net.qformer.bos_token_id)
         logits = net.qformer.decoder_logits(enc.image_tokens, ids, batch["attention_mask"])
         logits, labels = logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten()

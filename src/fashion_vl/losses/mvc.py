@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fashion_vl.losses.itc import ContrastiveLoss
-from fashion_vl.losses.objective import output
+from fashion_vl.losses.objective import StepContext, output
 from fashion_vl.models.fashionvil import FashionViL
 
 
@@ -36,7 +36,6 @@ class MvcLoss(nn.Module):
 
     def __init__(
         self,
-        net: FashionViL,
         loss: ContrastiveLoss | None = None,
         ratio: float = 0.25,
         max_text_length: int = 75,
@@ -46,13 +45,13 @@ class MvcLoss(nn.Module):
         self.ratio = ratio
         self.max_text_length = max_text_length
 
-    def forward(self, net: FashionViL, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def forward(self, net: FashionViL, batch: dict, step: StepContext) -> dict[str, torch.Tensor]:
         anchor = net.encode_image(batch["image"], normalize=True)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         grid = net.image_grid(batch["image_view1"])
         num_visual = grid.shape[1]
         text_drop, visual_drop = dropout_positions(
-            ids.shape[1], num_visual, self.max_text_length, self.ratio, generator
+            ids.shape[1], num_visual, self.max_text_length, self.ratio, step.generator
         )
         text_mask = mask.clone()
         text_mask[:, text_drop.to(mask.device)] = 0

@@ -1,15 +1,12 @@
-"""Do generated captions name the product's colour and category? A check for captions of the synthetic
-data, whose product texts use the vocabulary of :mod:`fashion_vl.data.synth.taxonomy`."""
+"""Do generated captions name the product's colour and category? A check for captions of data whose
+product texts draw their colours and category names from known word lists: the caller gives them (for
+the synthetic data, :func:`fashion_vl.data.synth.taxonomy.caption_vocabulary`)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from fashion_vl.data.synth.taxonomy import COLOURS, TAXONOMY
-
-CATEGORIES: tuple[str, ...] = tuple(sorted({sub.name for subs in TAXONOMY.values() for sub in subs}))
 
 
 def _mentions(text: str, words: Iterable[str]) -> set[str]:
@@ -19,12 +16,14 @@ def _mentions(text: str, words: Iterable[str]) -> set[str]:
     return {w for w in words if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text)}
 
 
-def product_attributes(text: str) -> tuple[set[str], set[str]]:
-    """Colours and sub-category names of :mod:`~fashion_vl.data.synth.taxonomy` that a product text
-    names; a name inside a longer one that is also named (``dress`` in ``shift dress``) is dropped."""
-    categories = _mentions(text, CATEGORIES)
-    categories = {c for c in categories if not any(c != o and c in o for o in categories)}
-    return _mentions(text, COLOURS), categories
+def product_attributes(
+    text: str, colours: Iterable[str], categories: Iterable[str]
+) -> tuple[set[str], set[str]]:
+    """The ``colours`` and ``categories`` (names, e.g. sub-categories) that a product text names; a name
+    inside a longer one that is also named (``dress`` in ``shift dress``) is dropped."""
+    named = _mentions(text, categories)
+    named = {c for c in named if not any(c != o and c in o for o in named)}
+    return _mentions(text, colours), named
 
 
 @dataclass(frozen=True)
@@ -40,14 +39,21 @@ class AttributeShares:
     n: int
 
 
-def caption_attribute_shares(captions: Sequence[str], product_texts: Sequence[str]) -> AttributeShares:
+def caption_attribute_shares(
+    captions: Sequence[str],
+    product_texts: Sequence[str],
+    colours: Iterable[str],
+    categories: Iterable[str],
+) -> AttributeShares:
     """How often ``captions[i]`` names a colour and a category that ``product_texts[i]`` (the product's
-    own title or description) names. Products whose text names no colour or no category are skipped."""
+    own title or description) names, among the words ``colours`` and ``categories``. Products whose
+    text names no colour or no category are skipped."""
     if len(captions) != len(product_texts):
         raise ValueError(f"{len(captions)} captions but {len(product_texts)} product texts")
+    colour_words, category_words = tuple(colours), tuple(categories)
     colour = category = noun = both = n = 0
     for caption, text in zip(captions, product_texts, strict=True):
-        colours, categories = product_attributes(text)
+        colours, categories = product_attributes(text, colour_words, category_words)
         if not colours or not categories:
             continue
         n += 1

@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from functools import cache
 
-from fashion_vl.losses._dist import is_distributed
+from fashion_vl.dist import is_distributed
 
 log = logging.getLogger(__name__)
 

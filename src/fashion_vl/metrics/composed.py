@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from fashion_vl.dist import world_size
 from fashion_vl.metrics.gallery import unique_rows
 from fashion_vl.metrics.retrieval import best_positive_ranks, recall_from_ranks, similarity
 
@@ -34,6 +35,17 @@ class ComposedGalleryRecall(Metric):
             each group ranked against its own gallery. Without names, one pooled figure per K (``r@10``).
         class_balanced: weight each query by 1 / (queries of its group), then divide by the number of
             groups (Polyvore OCIR); ranking is still restricted to the query's group.
+        drop_last_batch: 0 scores every query (ours); ``m > 0`` scores only the first ``m * (n // m)``
+            queries of each group in update order, as a loader with ``batch_size=m, drop_last=True`` per
+            group does (UniFashion's FashionIQ evaluation: 4; the ``fidelity=reference`` preset), and
+            ``compute`` reports how many were left out as ``dropped_queries``.
+        ranking: ``pessimistic`` (ours): only the query's group is ranked and a tie counts against the
+            query; ``mmf`` (FashionViL's ``RecallAtK_comp`` / ``RecallAtK_ocir``): other groups' items
+            stay in the gallery scored -1 (they outrank the positive where in-group scores fall below -1)
+            and each K is read from its own ``torch.topk`` (ties in its order). Exclusions stay excluded.
+        per_rank: under DDP, compute on each rank's own rows and average the figures across ranks, as
+            MMF's evaluation loop does (FashionViL's ``fidelity=reference``); ours ranks every query
+            against the whole gathered gallery.
 
     ``compute`` also returns ``avg``, the mean of every reported recall (the reference's ``avg``).
     """
@@ -46,9 +58,17 @@ class ComposedGalleryRecall(Metric):
         group_names: Mapping[int, str] | None = None,
         class_balanced: bool = False,
         chunk_size: int = 1024,
+        drop_last_batch: int = 0,
+        ranking: str = "pessimistic",
+        per_rank: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**({"sync_on_compute": False} if per_rank else {}) | kwargs)
+        self.per_rank = per_rank
+        if ranking not in ("pessimistic", "mmf"):
+            raise ValueError(f"ranking must be 'pessimistic' or 'mmf', not {ranking!r}")
+        self.drop_last_batch = int(drop_last_batch)
+        self.ranking = ranking
         self.ks = tuple(ks)
         self.group_names = {int(k): v for k, v in group_names.items()} if group_names else None
         self.class_balanced = class_balanced
@@ -101,19 +121,29 @@ class ComposedGalleryRecall(Metric):
         found = torch.searchsorted(g_key[order], q_exclude_key.clamp_min(0))
         found = found.clamp_max(len(order) - 1)
         exclude = torch.where((q_exclude_key >= 0) & (g_key[order][found] == q_exclude_key), order[found], -1)
+        q_group = dim_zero_cat(self.query_group)
+        kept = torch.ones_like(q_group, dtype=torch.bool)
+        if self.drop_last_batch > 0:  # per group, the queries past the last full batch
+            for group in q_group.unique():
+                rows = (q_group == group).nonzero().squeeze(1)
+                kept[rows[self.drop_last_batch * (len(rows) // self.drop_last_batch) :]] = False
         return {
             "keep": keep,
             "g_emb": dim_zero_cat(self.gallery_emb)[keep],
             "g_pos": dim_zero_cat(self.gallery_positive)[keep],
             "g_group": dim_zero_cat(self.gallery_group)[keep],
-            "q_emb": dim_zero_cat(self.query_emb),
-            "q_pos": dim_zero_cat(self.query_positive),
-            "q_group": dim_zero_cat(self.query_group),
-            "exclude": exclude,
+            "q_emb": dim_zero_cat(self.query_emb)[kept],
+            "q_pos": dim_zero_cat(self.query_positive)[kept],
+            "q_group": q_group[kept],
+            "exclude": exclude[kept],
+            "dropped": int((~kept).sum()),
+            "q_index": kept.nonzero().squeeze(1),  # update order of each kept query
         }
 
     def compute(self) -> dict[str, float]:
         p = self._prepared()
+        if self.ranking == "mmf":
+            return self._dropped(self._recall(self._mmf_ranks(p), p["q_group"]), p)
         ranks = best_positive_ranks(
             p["q_emb"],
             p["g_emb"],
@@ -124,7 +154,30 @@ class ComposedGalleryRecall(Metric):
             exclude=p["exclude"],
             chunk_size=self.chunk_size,
         )
-        return self._recall(ranks, p["q_group"])
+        return self._dropped(self._recall(ranks, p["q_group"]), p)
+
+    def _dropped(self, out: dict[str, float], p: dict) -> dict[str, float]:
+        if self.drop_last_batch > 0:
+            out["dropped_queries"] = float(p["dropped"])
+        return average_over_ranks(out, self.device) if self.per_rank else out
+
+    def _mmf_ranks(self, p: dict[str, Tensor]) -> dict[int, Tensor]:
+        """Per K, a rank that is 1 where a positive is among ``torch.topk(k)`` of the query's scores with
+        other groups' items at -1 (FashionViL's ``RecallAtK_ocir._get_rk``), else past every K."""
+        miss = p["g_emb"].shape[0] + 1
+        out: dict[int, list[Tensor]] = {k: [] for k in self.ks}
+        for start in range(0, p["q_emb"].shape[0], self.chunk_size):
+            rows = slice(start, start + self.chunk_size)
+            scores = similarity(p["q_emb"][rows], p["g_emb"]).float()
+            scores = scores.masked_fill(p["q_group"][rows, None] != p["g_group"][None], -1.0)
+            hit = p["exclude"][rows] >= 0
+            scores[hit.nonzero().squeeze(1), p["exclude"][rows][hit]] = float("-inf")
+            positive = p["q_pos"][rows, None] == p["g_pos"][None]
+            for k in self.ks:
+                top = scores.topk(min(k, scores.shape[1]), dim=1).indices
+                found = positive.gather(1, top).any(dim=1)
+                out[k].append(torch.where(found, 1, miss))
+        return {k: torch.cat(v) for k, v in out.items()}
 
     def compute_reranked(
         self, rescore: Callable[[Tensor, Tensor], Tensor], top_k: int = 100, chunk_size: int = 256
@@ -162,7 +215,7 @@ class ComposedGalleryRecall(Metric):
             k = min(top_k, scores.shape[1])
             top_scores, top = scores.masked_fill(~eligible, float("-inf")).topk(k, dim=1)
             in_top = top_scores > float("-inf")
-            new = rescore(rows, p["keep"][top]).float().to(scores.device)
+            new = rescore(p["q_index"][rows], p["keep"][top]).float().to(scores.device)
             top_positive = positive.gather(1, top) & in_top
             new_best = new.masked_fill(~top_positive, float("-inf")).amax(dim=1, keepdim=True)
             above = ((new >= new_best) & in_top & ~top_positive).sum(dim=1) + 1
@@ -170,22 +223,23 @@ class ComposedGalleryRecall(Metric):
             ranks.append(torch.where(positive.any(dim=1), rank, torch.full_like(rank, miss)))
             before.append(torch.where(positive.any(dim=1), itc_rank, torch.full_like(itc_rank, miss)))
         ranks_after, ranks_before = torch.cat(ranks), torch.cat(before)
-        out = self._recall(ranks_after, p["q_group"])
+        out = self._dropped(self._recall(ranks_after, p["q_group"]), p)
         for k in self.ks:
             hit_after, hit_before = ranks_after <= k, ranks_before <= k
             out[f"gained_r@{k}"] = float((hit_after & ~hit_before).sum())
             out[f"lost_r@{k}"] = float((hit_before & ~hit_after).sum())
         return out
 
-    def _recall(self, ranks: Tensor, q_group: Tensor) -> dict[str, float]:
+    def _recall(self, ranks: Tensor | dict[int, Tensor], q_group: Tensor) -> dict[str, float]:
+        """Recall per group and K from best-positive ranks, or from one rank tensor per K (``mmf``)."""
+        if not isinstance(ranks, dict):
+            ranks = dict.fromkeys(self.ks, ranks)
         out: dict[str, float] = {}
         if self.group_names is not None:
             for gid, name in self.group_names.items():
                 rows = q_group == gid
                 if rows.any():
-                    out.update(
-                        {f"{name}_r@{k}": v for k, v in recall_from_ranks(ranks[rows], self.ks).items()}
-                    )
+                    out.update({f"{name}_r@{k}": recall_from_ranks(ranks[k][rows], (k,))[k] for k in self.ks})
             for k in self.ks:
                 per_group = [out[f"{n}_r@{k}"] for n in self.group_names.values() if f"{n}_r@{k}" in out]
                 out[f"mean_r@{k}"] = sum(per_group) / len(per_group)
@@ -197,10 +251,20 @@ class ComposedGalleryRecall(Metric):
         if self.class_balanced:
             groups, counts = torch.unique(q_group, return_counts=True)
             per_query = 1.0 / counts[torch.searchsorted(groups, q_group)].double()
-            weights = (per_query / len(groups)).to(ranks.device)
-        out.update({f"r@{k}": v for k, v in recall_from_ranks(ranks, self.ks, weights).items()})
+            weights = per_query / len(groups)
+            weights = weights.to(ranks[self.ks[0]].device)
+        out.update({f"r@{k}": recall_from_ranks(ranks[k], (k,), weights)[k] for k in self.ks})
         out["avg"] = sum(out.values()) / len(self.ks)
         return out
+
+
+def average_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each figure averaged over the ranks (MMF's ``reduce_dict``); unchanged in a single process."""
+    if world_size() == 1:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(stacked)
+    return dict(zip(values, (stacked / world_size()).tolist(), strict=True))
 
 
 def chance_group_recall(gallery: Sequence[tuple[int, int]], k: int) -> float:

@@ -10,10 +10,10 @@ Offline weights. Nothing here downloads on its own:
 - FID/KID with an ``int`` feature size use torch-fidelity's Inception-v3 port of the TF 2015-12-05
   graph (the weights every published FID uses). Its file must be local: the path in the config key
   (``weights_path``), or torch's hub cache (``$TORCH_HOME/hub/checkpoints/``), else
-  :class:`~fashion_vl.models.hub.PretrainedUnavailableError` says where to put it. Any ``nn.Module``
+  :class:`~fashion_vl.hub.PretrainedUnavailableError` says where to put it. Any ``nn.Module``
   may be given instead (a local feature extractor): then no file is needed.
 - CLIP-score loads a Hugging Face CLIP (hub name or local folder) through
-  :func:`~fashion_vl.models.hub.load_pretrained`, so an offline machine fails fast with the project's
+  :func:`~fashion_vl.hub.load_pretrained`, so an offline machine fails fast with the project's
   message naming the config key.
 
 Attribute accuracy (the measurement that carries meaning on synthetic data, where no Inception or
@@ -37,7 +37,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.multimodal.clip_score import CLIPScore
 
-from fashion_vl.models.hub import PretrainedUnavailableError, load_pretrained
+from fashion_vl.hub import PretrainedUnavailableError, load_pretrained
 
 ValueRange = tuple[float, float]
 
@@ -262,7 +262,7 @@ class _CLIPFeatures(nn.Module):
 
 def load_clip(name: str, config_key: str = "eval.generation.clip_model") -> tuple[nn.Module, Any]:
     """CLIP model and processor from a hub name or a local folder (``save_pretrained`` of both), loaded
-    through :func:`~fashion_vl.models.hub.load_pretrained`: offline without a copy, one clear error."""
+    through :func:`~fashion_vl.hub.load_pretrained`: offline without a copy, one clear error."""
     from transformers import CLIPModel, CLIPProcessor
 
     model = load_pretrained(CLIPModel.from_pretrained, name, what="CLIP model", config_key=config_key)

@@ -113,6 +113,28 @@ def best_positive_ranks(
     return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long, device=queries.device)
 
 
+def topk_ranks(
+    queries: Tensor, gallery: Tensor, query_ids: Tensor, gallery_ids: Tensor, k: int, chunk_size: int = 1024
+) -> Tensor:
+    """FashionViL's (MMF's ``RecallAtK_general``) ranking: the 1-based position of the first positive
+    among ``torch.topk(scores, k)`` (ties in topk's order), ``k + 1`` when none is there."""
+    out = []
+    gallery_ids = gallery_ids.to(queries.device)
+    for start in range(0, queries.shape[0], chunk_size):
+        scores = similarity(queries[start : start + chunk_size], gallery).float()
+        out.append(
+            _first_hit(scores, query_ids[start : start + chunk_size].to(queries.device), gallery_ids, k)
+        )
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=queries.device)
+
+
+def _first_hit(scores: Tensor, query_ids: Tensor, gallery_ids: Tensor, k: int) -> Tensor:
+    k = min(k, scores.shape[1])
+    matches = gallery_ids[scores.topk(k, dim=1).indices] == query_ids[:, None]
+    first = matches.float().argmax(dim=1) + 1
+    return torch.where(matches.any(dim=1), first, torch.full_like(first, k + 1))
+
+
 def recall_from_ranks(ranks: Tensor, ks: Sequence[int], weights: Tensor | None = None) -> dict[int, float]:
     """R@K in percent from best-positive ranks; ``weights`` (``[Q]``, summing to 1) for class balance."""
     if ranks.numel() == 0:
@@ -129,16 +151,22 @@ def full_gallery_recall(
     text_ids: Tensor,
     ks: Sequence[int] = (1, 5, 10),
     chunk_size: int = 1024,
+    ranking: str = "pessimistic",
 ) -> dict[str, float]:
     """Cross-modal recall over the whole gallery, both directions (the reference's ``r@k_general``).
 
     Every image queries all texts and every text queries all images; positives share the product id,
     so a product's several images are all positives for its text. Keys ``i2t_r@K``, ``t2i_r@K``,
-    ``rsum`` (sum of the six recalls) and ``mean`` (their mean).
+    ``rsum`` (sum of the six recalls) and ``mean`` (their mean). ``ranking``: ``pessimistic``
+    (:func:`best_positive_ranks`) or ``mmf`` (:func:`topk_ranks`: ties in ``torch.topk``'s order).
     """
     out: dict[str, float] = {}
-    i2t = best_positive_ranks(image_emb, text_emb, image_ids, text_ids, chunk_size=chunk_size)
-    t2i = best_positive_ranks(text_emb, image_emb, text_ids, image_ids, chunk_size=chunk_size)
+    if ranking == "mmf":
+        i2t = topk_ranks(image_emb, text_emb, image_ids, text_ids, max(ks), chunk_size)
+        t2i = topk_ranks(text_emb, image_emb, text_ids, image_ids, max(ks), chunk_size)
+    else:
+        i2t = best_positive_ranks(image_emb, text_emb, image_ids, text_ids, chunk_size=chunk_size)
+        t2i = best_positive_ranks(text_emb, image_emb, text_ids, image_ids, chunk_size=chunk_size)
     for direction, ranks in (("i2t", i2t), ("t2i", t2i)):
         for k, value in recall_from_ranks(ranks, ks).items():
             out[f"{direction}_r@{k}"] = value
@@ -159,17 +187,26 @@ def sample100_ranks(
     num_queries: int = 1000,
     num_negatives: int = 100,
     generator: torch.Generator,
+    fill: str = "random",
+    ranking: str = "pessimistic",
+    top: int = 10,
 ) -> Tensor:
     """One round of the sample-100 protocol (KaleidoBERT's, the reference's ``r@k_kaleido``).
 
     ``num_queries`` random queries; each is ranked against 1 positive drawn among the gallery items
     with its id and ``num_negatives`` drawn among items of the same group (sub-category) and another
-    id. Where a group has too few, the remaining negatives come from other groups at random (what the
-    reference's top-k over random keys does). Ranks are taken among exactly these candidates
-    (pessimistic ties); the reference instead sets non-candidates to -1, which can let an excluded item
+    id. Where a group has too few, the remaining negatives come from other groups at random (the
+    reference sets other groups' keys to -1, so its ``topk`` takes them in its fixed order among ties:
+    the same items for every query of the group, every round). Ranks are taken among exactly these
+    candidates (pessimistic ties); the reference instead sets non-candidates to -1, which can let an excluded item
     outrank the candidates when similarities fall below -1.
 
     A gallery too small for ``num_negatives`` negatives per query gives each query as many as it has.
+
+    FashionViL's computation (MMF's ``RecallAtK_kaleido._get_rk``; the ``fidelity=reference`` preset):
+    ``fill="topk"`` takes the missing negatives from other groups in ``torch.topk``'s order among their
+    tied -1 keys; ``ranking="mmf"`` ranks over the whole gallery with non-candidates scored -1 and
+    reads the first positive among ``torch.topk(top)`` (ranks past ``top`` are ``top + 1``).
 
     Returns ``[num_queries]`` 1-based ranks of the positive among its ``1 + num_negatives`` candidates.
     """
@@ -183,13 +220,23 @@ def sample100_ranks(
     keys = torch.rand(same_id.shape, generator=generator).to(device)
     positive = keys.masked_fill(~same_id, -1.0).argmax(dim=1)  # a random positive
     # negatives: same group first (keys in [1, 2)), then other groups ([0, 1)), never the same id
-    keys = (
-        torch.rand(same_id.shape, generator=generator).to(device)
-        + (q_groups[:, None] == g_groups[None]).float()
-    )
+    keys = torch.rand(same_id.shape, generator=generator).to(device)
+    same_group = q_groups[:, None] == g_groups[None]
+    if fill == "topk":  # the reference: other groups at -1, the query's own product at -100
+        keys = keys.masked_fill(~same_group, -1.0).masked_fill(same_id, -100.0)
+    else:
+        keys = (keys + same_group.float()).masked_fill(same_id, -1.0)
     available = int((~same_id).sum(dim=1).min())
-    negatives = keys.masked_fill(same_id, -1.0).topk(min(num_negatives, available), dim=1).indices
+    negatives = keys.topk(min(num_negatives, available), dim=1).indices
     candidates = torch.cat([positive[:, None], negatives], dim=1)  # [q, 1 + n]
+    if ranking == "mmf":
+        ranks = []
+        for start in range(0, len(q), 256):
+            rows = slice(start, start + 256)
+            scores = similarity(queries[q[rows]], gallery).float()
+            chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, candidates[rows], True)
+            ranks.append(_first_hit(scores.masked_fill(~chosen, -1.0), q_ids[rows], g_ids, top))
+        return torch.cat(ranks)
     scores = candidate_scores(queries[q], gallery, candidates)
     if torch.isnan(scores).any():
         raise ValueError("NaN similarity scores: the embeddings contain NaN")
@@ -209,10 +256,13 @@ def sample100_recall(
     num_negatives: int = 100,
     repeats: int = 5,
     seed: int = 0,
+    fill: str = "random",
+    ranking: str = "pessimistic",
 ) -> dict[str, float]:
     """Cross-modal sample-100 recall in both directions, averaged over ``repeats`` seeded rounds.
 
     Keys as :func:`full_gallery_recall`: ``i2t_r@K``, ``t2i_r@K``, ``rsum`` (the papers' SumR), ``mean``.
+    ``fill``, ``ranking``: see :func:`sample100_ranks`.
     """
     g = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
@@ -221,7 +271,8 @@ def sample100_recall(
             ("i2t", (image_emb, text_emb, image_ids, text_ids, image_groups, text_groups)),
             ("t2i", (text_emb, image_emb, text_ids, image_ids, text_groups, image_groups)),
         ):
-            ranks = sample100_ranks(*args, num_queries=num_queries, num_negatives=num_negatives, generator=g)
+            ranks = sample100_ranks(*args, num_queries=num_queries, num_negatives=num_negatives, generator=g,
+                                    fill=fill, ranking=ranking, top=max(ks))  # fmt: skip
             for k, value in recall_from_ranks(ranks, ks).items():
                 totals[f"{direction}_r@{k}"] = totals.get(f"{direction}_r@{k}", 0.0) + value / repeats
     totals["rsum"] = float(sum(totals.values()))

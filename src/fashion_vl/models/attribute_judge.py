@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fashion_vl.data.garment_labels import GARMENT_VOCABS
 from fashion_vl.data.transforms import FASHION_MEAN, FASHION_STD
 from fashion_vl.models.encoders.image import create_timm_trunk
+from fashion_vl.models.encoders.pixels import ImageNormalize
 
 
 class AttributeJudge(nn.Module):
@@ -29,7 +29,8 @@ class AttributeJudge(nn.Module):
 
     Args:
         backbone: timm model name (random init unless ``pretrained``/``checkpoint_path``).
-        heads: attribute -> number of classes; default: :data:`GARMENT_VOCABS` sizes.
+        heads: attribute -> number of classes (the data's vocabularies: ``model/attribute_judge.yaml``
+            gives the synthetic taxonomy's, ``data/garment_labels.py`` ``GARMENT_VOCABS``).
         image_size: the side the judge was trained at (``None``: inputs are not resized).
         mean, std: the training data's normalisation.
         dropout: before the heads.
@@ -49,12 +50,15 @@ class AttributeJudge(nn.Module):
         **timm_kwargs,
     ) -> None:
         super().__init__()
-        heads = dict(heads) if heads is not None else {k: len(v) for k, v in GARMENT_VOCABS.items()}
+        if not heads:
+            raise ValueError("model.heads: give the judge's attributes and their class counts")
+        heads = dict(heads)
         self.trunk = create_timm_trunk(
             backbone, pretrained, checkpoint_path, config_key="model.backbone", **timm_kwargs
         )
         self.num_features: int = self.trunk.num_features
         self.image_size = image_size
+        self.input_norm = ImageNormalize(mean, std)  # the uint8 training batches
         self.register_buffer("mean", torch.tensor(list(mean)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(1, 3, 1, 1), persistent=False)
         self.dropout = nn.Dropout(dropout)
@@ -65,8 +69,8 @@ class AttributeJudge(nn.Module):
         return {"trunk": self.trunk}
 
     def forward_features(self, images: Tensor) -> Tensor:
-        """Pooled features ``[B, C]``."""
-        return self.trunk.forward_features(images).mean(dim=(2, 3))
+        """Pooled features ``[B, C]`` of ``uint8`` pixels or normalised float images."""
+        return self.trunk.forward_features(self.input_norm(images)).mean(dim=(2, 3))
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         pooled = self.dropout(self.forward_features(images))
@@ -109,6 +113,13 @@ def load_attribute_judge(path: str | Path, architecture: Mapping[str, Any] | Non
                 f"{path} holds no attribute judge config (model: {target or 'none'}): pass architecture="
             )
         architecture = {k: v for k, v in model_cfg.items() if not k.startswith("_")}
-    judge = AttributeJudge(**dict(architecture))
+    architecture = dict(architecture)
+    if not architecture.get("heads"):  # judges trained before the heads were in their config
+        architecture["heads"] = {
+            k.split(".")[1]: int(v.shape[0])
+            for k, v in state.items()
+            if k.startswith("heads.") and k.endswith(".weight")
+        }
+    judge = AttributeJudge(**architecture)
     judge.load_state_dict(state, strict=True)
     return judge.eval()

@@ -1,9 +1,12 @@
-"""Starting a module from (part of) a checkpoint, strictly: a partial load is always an error."""
+"""Starting a module from (part of) a checkpoint, strictly: a partial load is always an error; and the
+key migration that lets checkpoints written before the networks owned every weight load today."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,8 +21,52 @@ def _listing(keys: Sequence[str], limit: int = 15) -> str:
     return f"{shown}{f', ... ({len(keys) - limit} more)' if len(keys) > limit else ''}"
 
 
+# Where checkpoints written before issue #24 kept the weights that objectives and LightningModules owned
+# then, and where the network holds them now (full-match patterns, first match wins):
+# - FashionViL's pre-training heads ``objectives.<task>.head.*`` and MPFC's VQ tokenizer
+#   ``objectives.mpfc.tokenizer.*`` (also in ``fvl-convert mmf`` outputs of that time);
+# - the classification head of ``ClassificationModule`` (``head.*``);
+# - UniFashion's diffusion branch, then inside the diffusion objective (``objectives.diffusion.branch.*``).
+LEGACY_KEYS: tuple[tuple[re.Pattern, str], ...] = (
+    (re.compile(r"objectives\.mpfc\.tokenizer\.(.+)"), r"net.image_tokenizer.\1"),
+    (re.compile(r"objectives\.diffusion\.branch\.(.+)"), r"net.diffusion.\1"),
+    (re.compile(r"objectives\.(\w+)\.head\.(.+)"), r"net.heads.\1.\2"),
+    (re.compile(r"head\.(.+)"), r"net.heads.classification.\1"),
+)
+
+
+def migrate_key(key: str) -> str:
+    """Today's name of a LightningModule state-dict key (unchanged when it is not a legacy one)."""
+    for pattern, replacement in LEGACY_KEYS:
+        if pattern.fullmatch(key):
+            return pattern.sub(replacement, key)
+    return key
+
+
+def migrate_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with legacy keys renamed (:data:`LEGACY_KEYS`); a no-op on today's checkpoints and on
+    plain state dicts of a module (the legacy names are those of a LightningModule, next to ``net.*``)."""
+    if not any(k.startswith("net.") for k in state):
+        return dict(state)
+    migrated = {migrate_key(k): v for k, v in state.items()}
+    if len(migrated) != len(state):
+        raise CheckpointMismatchError("the checkpoint holds a legacy key and its new name both")
+    return migrated
+
+
+def migrate_checkpoint(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A Lightning checkpoint dict migrated in place: its ``state_dict`` and, from the EMA callback, the
+    raw weights (``current_model_state``). Optimizer states are by position, and the parameters keep
+    their order, so they need nothing."""
+    for key in ("state_dict", "current_model_state"):
+        if isinstance(checkpoint.get(key), Mapping):
+            checkpoint[key] = migrate_state_dict(checkpoint[key])
+    return checkpoint
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a Lightning checkpoint (``state_dict``) or of a plain state-dict file.
+    """The tensors of a Lightning checkpoint (``state_dict``) or of a plain state-dict file, legacy keys
+    migrated (:func:`migrate_state_dict`).
 
     Memory-mapped where the file allows it (torch's zip format, every ``torch.save`` since 1.6): the
     parts of a model built from one run (the UniFashion Q-Former and its frozen ViT) each read their own
@@ -34,7 +81,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise CheckpointMismatchError(f"{path}: neither a Lightning checkpoint nor a state dict of tensors")
-    return state
+    return migrate_state_dict(state)
 
 
 def load_from_checkpoint(

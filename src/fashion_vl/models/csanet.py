@@ -18,6 +18,7 @@ from torch import nn
 
 from fashion_vl.models.checkpoint import load_from_checkpoint
 from fashion_vl.models.encoders.image import create_timm_trunk
+from fashion_vl.models.encoders.pixels import FASHION_MEAN, FASHION_STD, ImageNormalize
 from fashion_vl.models.fashionvil import ContrastiveNorm
 
 
@@ -63,6 +64,7 @@ class CSANet(nn.Module):
             CNN; a plain state dict of the CNN works too. Strict.
         frozen_stages: CNN submodules whose weights do not train (the reference freezes ``layer4``).
         freeze_batchnorm: keep every BatchNorm in eval mode with frozen affine parameters.
+        mean, std: the normalisation of ``uint8`` input (float input is taken as normalised already).
     """
 
     def __init__(
@@ -76,9 +78,12 @@ class CSANet(nn.Module):
         frozen_stages: Sequence[str] = ("layer4",),
         freeze_batchnorm: bool = True,
         contrastive_scale: float = 4.0,
+        mean: Sequence[float] = FASHION_MEAN,
+        std: Sequence[float] = FASHION_STD,
         **timm_kwargs,
     ) -> None:
         super().__init__()
+        self.input_norm = ImageNormalize(mean, std)
         self.trunk = create_timm_trunk(name, pretrained, config_key="model.name", **timm_kwargs)
         if init_from:
             load_from_checkpoint(
@@ -109,7 +114,7 @@ class CSANet(nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled CNN features projected to ``feature_dim``: ``[B, D]``."""
-        return self.projection(self.trunk.forward_features(images).mean(dim=(2, 3)))
+        return self.projection(self.trunk.forward_features(self.input_norm(images)).mean(dim=(2, 3)))
 
     def embed_blank(self, images: torch.Tensor) -> torch.Tensor:
         return self.norm(self.features(images))

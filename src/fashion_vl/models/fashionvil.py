@@ -1,6 +1,6 @@
 """FashionViL: an image encoder and one BERT that is both text encoder and fusion encoder.
 
-Three ways of feeding the shared model (Han et al., ECCV 2022; `shared/reference/fashionvil.md` §1):
+Three ways of feeding the shared model (Han et al., ECCV 2022; `docs/reference.md` FashionViL §1):
 
 - image only: the transformer is bypassed; the 49 grid features are projected and mean-pooled;
 - text only: BERT over the text, mean over real tokens;
@@ -9,6 +9,8 @@ Three ways of feeding the shared model (Han et al., ECCV 2022; `shared/reference
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -66,17 +68,35 @@ class VisualEmbeddings(nn.Module):
         )
 
 
+# What a task builds for itself and ``init_from`` therefore never loads: the heads and MPFC's image
+# tokenizer. A pre-training checkpoint holds its heads (ITM, MLM, MPFC, PAC) and its VQ tokenizer; a
+# fine-tuning task starting from it reads the encoder and ignores them.
+TASK_PARTS = ("heads", "image_tokenizer")
+
+
 class FashionViL(nn.Module):
-    """The FashionViL encoder.
+    """The FashionViL network: the encoder, and the heads and frozen image tokenizer of its task.
+
+    Build order (it fixes which random numbers each part's initialisation draws): the image and text
+    encoders (given), the visual embeddings and the contrastive scale, the ``init_from`` weights, the
+    image tokenizer, then the heads in the order given.
 
     Args:
         image_encoder: grid image encoder (ResNet-50 trunk at real size).
         text_encoder: a ``BertModel`` (text encoder and fusion encoder).
         num_visual_tokens: grid tokens per image (49 for a 7x7 map); sizes the visual position table.
         contrastive_scale: initial ``s`` of :class:`ContrastiveNorm`.
-        init_from: a checkpoint to start from: a pre-training (or any task's) Lightning checkpoint, whose
-            ``net.*`` weights are this model, or a plain state dict of it. The load is strict.
-        reinit: modules not taken from ``init_from`` (fine-tuning re-initialises the contrastive scale).
+        init_from: a checkpoint to start the encoder from: a pre-training (or any task's) Lightning
+            checkpoint, whose ``net.*`` weights are this model, or a plain state dict of it. The load is
+            strict for the encoder; the checkpoint's heads and image tokenizer (:data:`TASK_PARTS`) are
+            ignored, as this network builds its own.
+        reinit: encoder modules not taken from ``init_from`` (fine-tuning re-initialises the contrastive
+            scale).
+        image_tokenizer: MPFC's frozen VQ tokenizer (images -> codebook indices), or a callable that
+            builds it (so that it is built after the encoder); ``None``: none (every task but
+            pre-training).
+        heads: name -> callable building the head from this network (``heads.ItmHead`` and the like,
+            as partials); the objectives and tasks read them as ``net.heads[name]``.
     """
 
     def __init__(
@@ -87,6 +107,8 @@ class FashionViL(nn.Module):
         contrastive_scale: float = 4.0,
         init_from: str | None = None,
         reinit: tuple[str, ...] = ("contrastive_norm",),
+        image_tokenizer: nn.Module | Callable[[], nn.Module] | None = None,
+        heads: Mapping[str, Callable[[FashionViL], nn.Module]] | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
@@ -97,8 +119,19 @@ class FashionViL(nn.Module):
         self.contrastive_norm = ContrastiveNorm(contrastive_scale)
         if init_from:
             load_from_checkpoint(
-                self, init_from, prefix=["net.", ""], exclude=reinit, what="FashionViL encoder"
+                self,
+                init_from,
+                prefix=["net.", ""],
+                exclude=(*reinit, *TASK_PARTS),
+                what="FashionViL encoder",
             )
+        if image_tokenizer is not None and not isinstance(image_tokenizer, nn.Module):
+            image_tokenizer = image_tokenizer()
+        self.image_tokenizer = image_tokenizer
+        self.heads = nn.ModuleDict()
+        for name, build in (heads or {}).items():
+            if build is not None:
+                self.heads[name] = build(self)
 
     @property
     def hidden_size(self) -> int:

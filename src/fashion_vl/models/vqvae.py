@@ -33,6 +33,8 @@ import torch
 from diffusers import VQModel
 from torch import nn
 
+from fashion_vl.models.encoders.pixels import FASHION_MEAN, FASHION_STD, ImageNormalize
+
 log = logging.getLogger(__name__)
 
 # Parts of a VQModel the tokenizer keeps (their state-dict prefixes are the same in both).
@@ -155,7 +157,7 @@ class VQTokenizer(nn.Module):
     - ``None`` reproduces their pre-training exactly: the MPFC targets FashionViL was trained with
       (the VQ encoder then sees inputs ~4x wider than it was presumably trained on, but it is a fixed,
       deterministic function of the image, which is all MPFC needs). This is our default in
-      ``conf/model/vq_tokenizer.yaml``.
+      ``conf/model/image_tokenizer/vq_authors.yaml``.
     - ``{from_mean: FASHION_MEAN, from_std: FASHION_STD, to_mean: 0.5, to_std: 0.5}`` reproduces their
       extraction script, i.e. feeds the VQ-VAE the inputs it was (presumably) trained on.
 
@@ -170,6 +172,9 @@ class VQTokenizer(nn.Module):
         autocast: ``False``: encode at the weights' dtype (float32) with autocast disabled, so the
             targets do not depend on the trainer's precision (the reference ran fp32); ``True``:
             follow the ambient autocast (faster under bf16, indices may flip near ties).
+        mean, std: the dataset normalisation ``uint8`` input gets first (FashionViL's, as the image
+            encoder's), so that ``uint8`` pixels and the normalised float tensor give the same indices;
+            ``input_renormalization`` then applies to the normalised tensor as above.
 
     Attributes:
         codebook_size: number of codebook entries (the MPFC head's classes).
@@ -182,8 +187,11 @@ class VQTokenizer(nn.Module):
         chunk_size: int | None = 8,
         input_renormalization: Mapping[str, float | Sequence[float]] | None = None,
         autocast: bool = False,
+        mean: Sequence[float] = FASHION_MEAN,
+        std: Sequence[float] = FASHION_STD,
     ) -> None:
         super().__init__()
+        self.input_norm = ImageNormalize(mean, std)
         self.encoder = vqmodel.encoder
         self.quant_conv = vqmodel.quant_conv
         self.quantize = vqmodel.quantize
@@ -207,7 +215,8 @@ class VQTokenizer(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Codebook indices ``[B, h*w]`` (long) of ``images`` ``[B, 3, H, W]``."""
+        """Codebook indices ``[B, h*w]`` (long) of ``images`` ``[B, 3, H, W]`` (``uint8`` or normalised)."""
+        images = self.input_norm(images)
         if images.shape[0] == 0:
             return torch.zeros(
                 (0, self.grid_size[0] * self.grid_size[1]), dtype=torch.long, device=images.device
@@ -227,6 +236,19 @@ class VQTokenizer(nn.Module):
         latents = self.quant_conv(self.encoder(images))  # [b, D, h, w]
         _, _, (_, _, indices) = self.quantize(latents)  # nearest L2 entry, [b*h*w] row-major
         return indices.view(latents.shape[0], -1).long()
+
+    @classmethod
+    def from_architecture(
+        cls,
+        architecture: Mapping[str, Any] | None = None,
+        chunk_size: int | None = 8,
+        input_renormalization: Mapping[str, float | Sequence[float]] | None = None,
+        autocast: bool = False,
+    ) -> VQTokenizer:
+        """Randomly initialised, from :func:`build_vqmodel` arguments (``None``: the authors'
+        architecture): a fixed function of each grid cell for the CPU demos and tests, where no trained
+        VQ-VAE exists."""
+        return cls(build_vqmodel(**dict(architecture or {})), chunk_size, input_renormalization, autocast)
 
     @classmethod
     def from_checkpoint(
@@ -267,7 +289,7 @@ class VQTokenizer(nn.Module):
             raise FileNotFoundError(
                 f"no VQ-VAE encoder file at {path}: download the authors' "
                 "vqvae_ema_pp_224_7x7_encoder_fashionall.pth (FashionViL's Drive) or train one with "
-                "`fvl-train experiment=vqvae_fashionall` and use model/vq_tokenizer_ckpt"
+                "`fvl-train experiment=vqvae_fashionall` and use model/image_tokenizer/vq_ckpt"
             )
         tokenizer = cls(
             build_vqmodel(**dict(architecture or {})), chunk_size, input_renormalization, autocast

@@ -1,28 +1,18 @@
-"""Writing files so that a crash never leaves a truncated one."""
+"""Writing files so that a crash never leaves a truncated one (see :mod:`fashion_vl.utils.atomic`)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-import torch
+from fashion_vl.utils.atomic import atomic_write, save_atomic, write_json_atomic, write_text_atomic
 
 
-def save_atomic(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``: the file
-    is either the complete new one or untouched (a run killed mid-write keeps its previous file)."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def open_atomic(path: str | Path, mode: str = "wb") -> AbstractContextManager[IO[Any]]:
+    """:func:`atomic_write` with ``mode`` positional: any writer (``json.dump``, ``np.save``,
+    ``faiss.write_index``) with :func:`save_atomic`'s guarantee."""
+    return atomic_write(path, mode=mode)
+
+
+__all__ = ["atomic_write", "open_atomic", "save_atomic", "write_json_atomic", "write_text_atomic"]

@@ -30,12 +30,19 @@ TASKS: tuple[tuple[str, Any], ...] = (
     ("cross-modal retrieval", lambda m: m.startswith(("full/", "sample100/"))),
     ("composed retrieval", lambda m: re.fullmatch(r"(\w+_)?r@\d+|avg", m) is not None),
     ("composed retrieval, ITM re-ranked", lambda m: m.startswith("rerank/")),
+    ("composed retrieval, two-tower baselines", lambda m: m.startswith(("image/", "text/", "sum/"))),
+    ("Marqo's queries", lambda m: m.startswith("marqo/")),
     ("captioning", lambda m: m.startswith("caption/")),
     ("other", lambda m: True),
 )
 
 # model._target_ (or the experiment name) -> the model family shown in the table
-FAMILIES = (("unifashion", "UniFashion"), ("fashionvil", "FashionViL"), ("csanet", "CSA-Net"))
+FAMILIES = (
+    ("unifashion", "UniFashion"),
+    ("fashionvil", "FashionViL"),
+    ("csanet", "CSA-Net"),
+    ("openclip", "CLIP-family"),
+)
 
 
 class ResultsError(ValueError):

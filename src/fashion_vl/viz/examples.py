@@ -96,7 +96,9 @@ def composed_rows(
 
 
 def to_picture(image: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Image.Image:
-    """``[C, H, W]`` float tensor in ``value_range`` (1 or 3 channels) -> RGB picture."""
+    """``[C, H, W]`` ``uint8`` tensor, or float tensor in ``value_range`` (1 or 3 channels) -> RGB picture."""
+    if image.dtype == torch.uint8:
+        image, value_range = image.float(), (0.0, 255.0)
     low, high = value_range
     unit = ((image.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
     if unit.shape[0] == 1:

@@ -1,4 +1,4 @@
-"""Readers for the datasets' on-disk formats (``shared/reference/fashionvil.md`` §4).
+"""Readers for the datasets' on-disk formats (``docs/reference.md`` FashionViL §4).
 
 Each reader validates every field it uses and raises :class:`MissingDataFileError` or
 :class:`DataFormatError` naming the file, the entry and the field, and the command that produces it.
@@ -12,6 +12,8 @@ from fashion_vl.data.formats.polyvore import (
     read_polyvore_metadata,
 )
 from fashion_vl.data.formats.products import (
+    FASHIONGEN_CLASSES,
+    NUM_PSEUDO_ATTRIBUTES,
     BigFACADSource,
     Fashion200kSource,
     FashionGenSource,
@@ -20,7 +22,9 @@ from fashion_vl.data.formats.products import (
 )
 
 __all__ = [
+    "FASHIONGEN_CLASSES",
     "FASHIONIQ_CATEGORIES",
+    "NUM_PSEUDO_ATTRIBUTES",
     "POLYVORE_RAW_CATEGORY_IDS",
     "BigFACADSource",
     "DataFormatError",

@@ -27,9 +27,11 @@ def load_json(path: Path, *, dataset: str, data_dir: Path) -> Any:
         raise MissingDataFileError(
             f"{dataset} annotation file not found: {path}\n{how_to_produce(dataset, data_dir)}"
         )
+    from fashion_vl.data.formats._text import read_utf8  # (imports this module)
+
+    text = read_utf8(path)  # a byte that is not UTF-8: DataFormatError naming the entry
     try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}: not valid JSON ({err})") from err
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fashion_vl.data.formats._json import DataFormatError, MissingDataFileError
+from fashion_vl.data.formats._text import read_utf8
 
 TRYON_MODES = ("paired", "unpaired")
 
@@ -62,15 +63,14 @@ def read_pairs(path: Path, *, dataset: str, hint: str, max_columns: int = 2) -> 
     if not path.is_file():
         raise MissingDataFileError(f"{dataset} pairs file not found: {path}\n{hint}")
     rows = []
-    with path.open("r", encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            columns = line.split()
-            if not columns:
-                continue
-            if not 2 <= len(columns) <= max_columns:
-                want = "'person.jpg cloth.jpg'" + (" [category]" if max_columns > 2 else "")
-                raise DataFormatError(f"{path}:{number}: expected {want}, found {line.rstrip()!r:.120}")
-            rows.append((number, columns))
+    for number, line in enumerate(read_utf8(path).split("\n"), start=1):
+        columns = line.split()
+        if not columns:
+            continue
+        if not 2 <= len(columns) <= max_columns:
+            want = "'person.jpg cloth.jpg'" + (" [category]" if max_columns > 2 else "")
+            raise DataFormatError(f"{path}:{number}: expected {want}, found {line.rstrip()!r:.120}")
+        rows.append((number, columns))
     return rows
 
 
@@ -98,8 +98,7 @@ class CaptionTable:
         if not path.is_file():
             raise MissingDataFileError(f"try-on captions file not found: {path}")
         try:
-            with path.open("r", encoding="utf-8") as f:
-                data = json.load(f)
+            data = json.loads(read_utf8(path))
         except json.JSONDecodeError as err:
             raise DataFormatError(f"{path}: not valid JSON ({err})") from err
         if not isinstance(data, dict):

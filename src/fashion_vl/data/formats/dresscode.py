@@ -1,4 +1,4 @@
-"""Dress Code multimodal (MGD's release over Dress Code; ``shared/reference/unifashion.md`` §5).
+"""Dress Code multimodal (MGD's release over Dress Code; ``docs/reference.md`` UniFashion §5).
 
 The reference only says: per-category folders ``dresses/``, ``upper_body/``, ``lower_body/`` with
 ``images/``, masks/label maps, ``keypoints/``, sketches, a captions JSON and pairs files per split.

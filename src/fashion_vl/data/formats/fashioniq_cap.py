@@ -1,21 +1,50 @@
-"""Fashion-IQ-Cap (UniFashion's LLaVA captions of FashionIQ images, ``shared/reference/unifashion.md`` §5):
+"""Fashion-IQ-Cap (UniFashion's LLaVA captions of FashionIQ images, ``docs/reference.md`` UniFashion §5):
 ``FashionIQ-Cap/next_llava.<split>.<category>.caption.json``, a JSON list of
 ``{"image": "<asin>", "caption": "...", "text_guidance": "..."}``.
 
 Captions are whitespace-normalised (the released ones start with a newline); empty ones are skipped and,
-with ``drop_degenerate``, so are looping ones (:func:`~fashion_vl.data.prepare.fashioniq_cap.is_degenerate`,
-the rule ``fvl-data prepare fashioniq_cap`` applies). An image with several captions keeps its first.
+with ``drop_degenerate``, so are looping ones (:func:`is_degenerate`, the rule
+``fvl-data prepare fashioniq_cap`` applies). An image with several captions keeps its first.
 Split ``test`` reads the val files, as FashionIQ's does.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from fashion_vl.data.formats._json import get_field, load_entries
 from fashion_vl.data.formats.fashioniq import FASHIONIQ_CATEGORIES
-from fashion_vl.data.prepare.fashioniq_cap import DEFAULT_MAX_REPEAT_SHARE, is_degenerate, normalize_space
+
+DEFAULT_MAX_REPEAT_SHARE = 0.4
+DEFAULT_NGRAM = 3
+_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
+
+
+def normalize_space(text: str) -> str:
+    """``text`` stripped, every run of whitespace inside replaced by one space."""
+    return " ".join(text.split())
+
+
+def repeat_share(text: str, n: int = DEFAULT_NGRAM) -> float:
+    """Share of the word n-grams of ``text`` that repeat an n-gram seen earlier in it, in [0, 1).
+
+    Words are lower-cased runs of letters and digits (``v-neck`` and ``it's`` are one word),
+    punctuation is ignored. A text with fewer than ``n`` words has share 0.
+    """
+    words = _WORD.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def is_degenerate(
+    text: str, max_repeat_share: float = DEFAULT_MAX_REPEAT_SHARE, n: int = DEFAULT_NGRAM
+) -> bool:
+    """Whether ``text`` loops: more than ``max_repeat_share`` of its word n-grams are repeats."""
+    return repeat_share(text, n) > max_repeat_share
 
 
 def fashioniq_cap_path(data_dir: str | Path, category: str, split: str) -> Path:

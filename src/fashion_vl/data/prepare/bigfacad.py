@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion_vl.data.formats._json import DataFormatError, MissingDataFileError
+from fashion_vl.data.formats._text import read_utf8
 from fashion_vl.data.prepare._files import add_link_arguments, place_files, safe_relative, write_entries
 from fashion_vl.data.prepare.staging import staged_output
 
@@ -66,25 +68,24 @@ class _Row:
 def _rows(path: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` for every record of the table."""
     if fmt == "csv":
-        with path.open("r", encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            for record in reader:
-                # cells missing from a short row are None: treat them as absent fields
-                yield reader.line_num, {k: v for k, v in record.items() if k is not None and v is not None}
+        reader = csv.DictReader(io.StringIO(read_utf8(path, "utf-8-sig"), newline=""))
+        for record in reader:
+            # cells missing from a short row are None: treat them as absent fields
+            yield reader.line_num, {k: v for k, v in record.items() if k is not None and v is not None}
         return
-    with path.open("r", encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}, line {lineno}: not valid JSON ({err})") from err
-            if not isinstance(record, dict):
-                raise DataFormatError(
-                    f"{path}, line {lineno}: expected a JSON object, found {type(record).__name__}"
-                )
-            yield lineno, record
+    # one read, so that a byte that is not UTF-8 names the file and line
+    for lineno, line in enumerate(read_utf8(path, "utf-8-sig").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{path}, line {lineno}: not valid JSON ({err})") from err
+        if not isinstance(record, dict):
+            raise DataFormatError(
+                f"{path}, line {lineno}: expected a JSON object, found {type(record).__name__}"
+            )
+        yield lineno, record
 
 
 def _parse(record: dict[str, Any], path: Path, line: int) -> _Row:

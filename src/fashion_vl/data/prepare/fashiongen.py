@@ -1,8 +1,11 @@
-"""FashionGen: the official 256×256 HDF5 release -> ``FashionGen/{train,val}_info.json`` and PNG images.
+"""FashionGen: the official 256×256 HDF5 release -> ``FashionGen/{train,val}_info.json`` and its images,
+as PNG files (the reference's layout), as a uint8 array store (decode-free, :mod:`fashion_vl.data.array_store`)
+or both.
 
 The release is one HDF5 file per split with one row per *image*; rows are grouped into products by
 ``input_productID``. Metadata and pixels are read in chunks of rows, so the 20 GB train file is never
-held in memory, and PNG encoding runs on a thread pool while the next chunk is read.
+held in memory, and PNG encoding runs on a thread pool while the next chunk is read. The array store
+keeps the release's own pixels in its row order, copied chunk by chunk into a memory-mapped ``.npy``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ FashionGen/{train,val}/<productID>_<pose>.png. Category and subcategory ids numb
 of both splits; the mapping is saved as FashionGen/categories.json. attributes_id is left empty:
 run `fvl-data attributes <out>` afterwards, then `fvl-data check <out>`. Needs h5py
 (pip install 'fashion-vl[prepare]').
+
+--image-store array writes the pixels as they are in the release, without PNG encoding, into
+FashionGen/{train,val}_images.npy (uint8 N x 256 x 256 x 3, memory-mapped at training time: ~51 GB for
+train) with FashionGen/{train,val}_images.json naming each row by its PNG name; train with
+data.image_store=array. --image-store both writes the PNGs too.
 """
 
 DEFAULT_FILES = {"train": "fashiongen_256_256_train.h5", "val": "fashiongen_256_256_validation.h5"}
@@ -47,6 +55,7 @@ ID_KEY = "input_productID"
 # The reference's label counts (``fashion_vl.data.check`` imports torch, too heavy for ``--help``).
 NUM_CATEGORIES, NUM_SUBCATEGORIES = 48, 121
 CHUNK_ROWS = 256  # 256 rows of 256x256x3 = 48 MiB of pixels per chunk, two chunks in flight
+IMAGE_OUTPUTS = ("png", "array", "both")
 
 _TRAILING_INT = re.compile(r"(\d+)\s*$")
 
@@ -59,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--val-file", default=DEFAULT_FILES["val"], help="validation HDF5 file, relative to --raw"
     )
     parser.add_argument("--workers", type=int, default=8, help="threads encoding PNGs (default 8)")
+    parser.add_argument(
+        "--image-store",
+        choices=IMAGE_OUTPUTS,
+        default="png",
+        help="png: PNG files (the reference's layout, default); array: a uint8 array store read without "
+        "decoding (data.image_store=array); both",
+    )
 
 
 def decode_text(value: Any) -> str:
@@ -142,13 +158,16 @@ def _chunks(n: int) -> Iterator[tuple[int, int]]:
 def _convert_split(
     h5: Any,
     path: Path,
-    image_dir: Path,
+    image_dir: Path | None,
     pool: ThreadPoolExecutor,
     advance: Callable[[int], None],
+    store: Any = None,
 ) -> _SplitResult:
-    """Stream one HDF5 file: PNGs into ``image_dir``, products (not yet numbered) into the result."""
+    """Stream one HDF5 file: PNGs into ``image_dir`` and/or rows into ``store``, products (not yet
+    numbered) into the result."""
     result = _SplitResult()
     taken: set[str] = set()
+    names: list[str] = []  # row -> image name, the array store's index
     n = h5[IMAGE_KEY].shape[0]
     pending: list[Future] = []
     for start, stop in _chunks(n):
@@ -156,6 +175,8 @@ def _convert_split(
         ids = _column(h5[ID_KEY][start:stop], rows)
         texts = {key: _column(h5[key][start:stop], rows) for key in TEXT_KEYS}
         pixels = h5[IMAGE_KEY][start:stop]  # [rows, H, W, 3], the only large read
+        if store is not None:
+            store.write(start, pixels)
         jobs = []
         for i in range(rows):
             row = start + i
@@ -183,15 +204,19 @@ def _convert_split(
                 result.duplicate_poses += 1
                 name = f"{pid}_{index}_row{row}.png"
             taken.add(name)
+            names.append(name)
             product.images.append(((index if index is not None else 1 << 30, row), name))
-            jobs.append(pool.submit(_save_png, pixels[i], image_dir / name))
+            if image_dir is not None:
+                jobs.append(pool.submit(_save_png, pixels[i], image_dir / name))
         for future in pending:  # the previous chunk: encoded while this one was read
             future.result()
-        advance(len(pending))
+        advance(len(pending) if image_dir is not None else rows)
         pending = jobs
     for future in pending:
         future.result()
     advance(len(pending))
+    if store is not None:
+        store.finish(names)
     result.rows = n
     return result
 
@@ -235,9 +260,20 @@ def convert(
             staged_output(out, "FashionGen", overwrite=args.overwrite) as root,
             ThreadPoolExecutor(max(1, args.workers)) as pool,
         ):
+            output = getattr(args, "image_store", "png")
             for split, h5 in handles.items():
-                (root / split).mkdir()
-                results[split] = _convert_split(h5, files[split], root / split, pool, advance)
+                image_dir = None
+                if output in ("png", "both"):
+                    image_dir = root / split
+                    image_dir.mkdir()
+                store = None
+                if output in ("array", "both"):
+                    from fashion_vl.data.array_store import ArrayStoreWriter  # torch: not for --help
+
+                    _, height, width, _ = h5[IMAGE_KEY].shape
+                    index = root / f"{split}_images.json"  # FashionGenSource.array_store_index
+                    store = ArrayStoreWriter(index, totals[split], height, width)
+                results[split] = _convert_split(h5, files[split], image_dir, pool, advance, store)
             counts = _write_annotations(root, results)
     finally:
         for h5 in handles.values():

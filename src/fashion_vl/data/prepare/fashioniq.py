@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion_vl.data.formats._json import DataFormatError, MissingDataFileError, get_field
+from fashion_vl.data.formats._text import read_utf8
 from fashion_vl.data.images import ImageLoadError, resolve_image
 from fashion_vl.data.prepare._files import add_link_arguments, place_files, write_entries
 from fashion_vl.data.prepare.staging import staged_output
@@ -76,7 +77,7 @@ def _load_list(path: Path, what: str) -> list[Any]:
             "holding captions/cap.<category>.<split>.json and image_splits/split.<category>.<split>.json"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, list):

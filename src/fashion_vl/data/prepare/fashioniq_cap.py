@@ -9,13 +9,14 @@ text_guidance}``, one entry per image of the FashionIQ split) are written back u
 * exact duplicates (same image, caption and guidance after that) are removed, the first one kept;
 * empty captions are dropped;
 * *degenerate* captions are dropped: LLaVA sometimes loops until its length limit ("fitted, fitted,
-  fitted, ..." or the same two sentences over and over). The rule, :func:`repeat_share`, is the share
+  fitted, ..." or the same two sentences over and over). The rule (the reader's,
+  :func:`~fashion_vl.data.formats.fashioniq_cap.repeat_share`) is the share
   of the caption's word n-grams (default trigrams) that already occurred earlier in it; a caption
   whose share is above ``max_repeat_share`` (default 0.4) is degenerate. On the released val
   captions the median share is 0, 95 % of captions are below 0.1, and about 2.5 % are above 0.4
   (those loop; 0.25-0.4 are long but still varied lists of negations).
 
-A loader can call :func:`clean_entries` (or :func:`is_degenerate`) for a caption-quality switch.
+The reader applies the same rule at run time (``data.drop_degenerate_captions``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from fashion_vl.data.formats._json import DataFormatError, MissingDataFileError, get_field
+from fashion_vl.data.formats._text import read_utf8
+from fashion_vl.data.formats.fashioniq_cap import (
+    DEFAULT_MAX_REPEAT_SHARE,
+    DEFAULT_NGRAM,
+    is_degenerate,
+    normalize_space,
+)
 from fashion_vl.data.prepare._files import write_entries
 from fashion_vl.data.prepare.staging import staged_output
 
@@ -52,38 +59,10 @@ come with `fvl-data prepare fashioniq`.
 
 CATEGORIES = ("dress", "shirt", "toptee")
 SPLITS = ("train", "val")
-DEFAULT_MAX_REPEAT_SHARE = 0.4
-DEFAULT_NGRAM = 3
-_WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
 
 def caption_file(split: str, category: str) -> str:
     return f"next_llava.{split}.{category}.caption.json"
-
-
-def normalize_space(text: str) -> str:
-    """``text`` stripped, every run of whitespace inside replaced by one space."""
-    return " ".join(text.split())
-
-
-def repeat_share(text: str, n: int = DEFAULT_NGRAM) -> float:
-    """Share of the word n-grams of ``text`` that repeat an n-gram seen earlier in it, in [0, 1).
-
-    Words are lower-cased runs of letters and digits (``v-neck`` and ``it's`` are one word),
-    punctuation is ignored. A text with fewer than ``n`` words has share 0.
-    """
-    words = _WORD.findall(text.lower())
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-    if not grams:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
-def is_degenerate(
-    text: str, max_repeat_share: float = DEFAULT_MAX_REPEAT_SHARE, n: int = DEFAULT_NGRAM
-) -> bool:
-    """Whether ``text`` loops: more than ``max_repeat_share`` of its word n-grams are repeats."""
-    return repeat_share(text, n) > max_repeat_share
 
 
 @dataclass
@@ -133,7 +112,7 @@ def read_caption_file(path: Path) -> list[dict[str, Any]]:
             "dataset/ folder (next_llava.<split>.<category>.caption.json); choose splits with --splits"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(data, list):

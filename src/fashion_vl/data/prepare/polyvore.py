@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import logging
 import random
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fashion_vl.data.formats._json import DataFormatError, MissingDataFileError
+from fashion_vl.data.formats._text import read_utf8
 from fashion_vl.data.formats.polyvore import OCIR_VARIANTS, POLYVORE_RAW_CATEGORY_IDS
 from fashion_vl.data.images import ImageLoadError, resolve_image
 from fashion_vl.data.prepare._files import add_link_arguments, place_files, write_entries
@@ -122,8 +124,7 @@ def _load(path: Path, what: str) -> Any:
             "polyvore_item_metadata.json, images/ and disjoint/ + nondisjoint/ with train.json, test.json"
         )
     try:
-        with path.open("r", encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(read_utf8(path))
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}: not valid JSON ({err})") from err
 
@@ -202,10 +203,9 @@ def read_categories_csv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     names = {}
-    with path.open(newline="", encoding="utf-8") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[0].strip().isdigit():
-                names[row[0].strip()] = " / ".join(x.strip() for x in row[1:] if x.strip())
+    for row in csv.reader(io.StringIO(read_utf8(path), newline="")):
+        if len(row) >= 2 and row[0].strip().isdigit():
+            names[row[0].strip()] = " / ".join(x.strip() for x in row[1:] if x.strip())
     return names
 
 

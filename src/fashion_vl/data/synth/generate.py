@@ -21,11 +21,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from fashion_vl.data.formats.polyvore import POLYVORE_RAW_CATEGORY_IDS
 from fashion_vl.data.synth import text as T
 from fashion_vl.data.synth.render import View, render, sample_view
 from fashion_vl.data.synth.taxonomy import (
     ACCENTS,
+    CATEGORIES,
     NEUTRALS,
     SUBCATEGORIES,
     Garment,
@@ -36,7 +39,7 @@ from fashion_vl.data.synth.taxonomy import (
 from fashion_vl.data.synth.tryon import TryOnJob, write_vitonhd
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,11 @@ def write_fashiongen(rng: random.Random, spec: SizeSpec) -> Written:
             out.texts.append(f"{entry['title']}. {entry['description']}")
         out.files[f"FashionGen/{split}_info.json"] = entries
         out.counts[f"FashionGen/{split}"] = len(entries)
+    # the label names, as `fvl-data prepare fashiongen` writes them (zero-shot recognition prompts)
+    out.files["FashionGen/categories.json"] = {
+        "category": {name: i for i, name in enumerate(CATEGORIES)},
+        "subcategory": {sub.name: i for i, (_, sub) in enumerate(SUBCATEGORIES)},
+    }
     return out
 
 
@@ -369,19 +377,69 @@ OPTIONAL_WRITERS: dict[str, Callable[[random.Random, SizeSpec], Written]] = {
 }
 
 
-def _render_chunk(root: str, image_size: int, jobs: list[RenderJob | TryOnJob]) -> int:
+IMAGE_STORES = ("files", "array", "both")
+STORE_PREFIX = "FashionGen/"  # the one dataset with an array store (FashionGenSource.array_store_index)
+
+
+def _in_store(job: RenderJob | TryOnJob) -> bool:
+    return isinstance(job, RenderJob) and job.path.startswith(STORE_PREFIX)
+
+
+def _render_chunk(
+    root: str, image_size: int, jobs: list[RenderJob | TryOnJob], image_store: str = "files"
+) -> tuple[int, list[tuple[str, np.ndarray]]]:
+    """Render ``jobs`` under ``root``; with an array ``image_store``, FashionGen's pixels come back as
+    ``(path, uint8 [H, W, 3])`` for the store (and are not saved as files unless it is ``both``)."""
+    pixels = []
     for job in jobs:
         if isinstance(job, TryOnJob):  # several pictures of one person
             job.write(Path(root), image_size)
             continue
+        img = render(job.garment, job.view, image_size, job.seed)
+        if image_store != "files" and _in_store(job):
+            pixels.append((job.path, np.asarray(img.convert("RGB"), dtype=np.uint8)))
+            if image_store == "array":
+                continue
         path = Path(root) / job.path
         path.parent.mkdir(parents=True, exist_ok=True)
-        img = render(job.garment, job.view, image_size, job.seed)
         if path.suffix == ".png":
             img.save(path, format="PNG", compress_level=1)
         else:
             img.save(path, format="JPEG", quality=90)
-    return len(jobs)
+    return len(jobs), pixels
+
+
+class _StoreWriters:
+    """One array store per FashionGen split, filled in render order as chunks come back."""
+
+    def __init__(self, root: Path, jobs: list[RenderJob | TryOnJob], image_size: int) -> None:
+        from fashion_vl.data.array_store import ArrayStoreWriter
+
+        self.names: dict[str, list[str]] = {}
+        for job in jobs:
+            if _in_store(job):
+                split, name = job.path.removeprefix(STORE_PREFIX).split("/", 1)
+                self.names.setdefault(split, []).append(name)
+        self.rows = {
+            f"{STORE_PREFIX}{split}/{name}": (split, row)
+            for split, names in self.names.items()
+            for row, name in enumerate(names)
+        }
+        self.writers = {
+            split: ArrayStoreWriter(
+                root / f"{STORE_PREFIX}{split}_images.json", len(names), image_size, image_size
+            )
+            for split, names in self.names.items()
+        }
+
+    def write(self, pixels: list[tuple[str, np.ndarray]]) -> None:
+        for path, array in pixels:
+            split, row = self.rows[path]
+            self.writers[split].write(row, array[None])
+
+    def finish(self) -> None:
+        for split, writer in self.writers.items():
+            writer.finish(self.names[split])
 
 
 def generate(
@@ -393,6 +451,7 @@ def generate(
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     only: Iterable[str] | None = None,
+    image_store: str = "files",
 ) -> dict:
     """Write the synthetic datasets and a WordPiece tokenizer under ``out`` (a ``datasets/`` folder).
 
@@ -400,11 +459,16 @@ def generate(
         size: a name in :data:`SIZES` or a :class:`SizeSpec`.
         only: names of :data:`WRITERS` or :data:`OPTIONAL_WRITERS` to write (default: the five
             datasets of :data:`WRITERS`).
+        image_store: FashionGen's images as ``files`` (PNGs, the reference's layout), as an ``array``
+            store (``FashionGen/{split}_images.{npy,json}``, what ``fvl-data prepare fashiongen
+            --image-store array`` writes) or ``both``. The pixels are the same either way.
 
     Returns the manifest (seed, size, counts) also written to ``out/synthetic_manifest.json``.
     """
     if isinstance(size, str) and size not in SIZES:
         raise ValueError(f"--size must be one of {sorted(SIZES)}, not {size!r}")
+    if image_store not in IMAGE_STORES:
+        raise ValueError(f"--image-store must be one of {IMAGE_STORES}, not {image_store!r}")
     writers = {**WRITERS, **OPTIONAL_WRITERS}
     names = list(WRITERS) if only is None else list(only)
     unknown = sorted(set(names) - set(writers))
@@ -431,21 +495,32 @@ def generate(
                 )
         workers = workers or max(1, min(os.cpu_count() or 1, 8))
         chunks = [jobs[i : i + 64] for i in range(0, len(jobs), 64)]
+        stores = _StoreWriters(tmp, jobs, image_size) if image_store != "files" else None
         done = 0
         if workers == 1:
-            for chunk in chunks:
-                done += _render_chunk(str(tmp), image_size, chunk)
+            results = (_render_chunk(str(tmp), image_size, chunk, image_store) for chunk in chunks)
+        else:
+            pool = ProcessPoolExecutor(workers)
+            results = pool.map(
+                _render_chunk,
+                [str(tmp)] * len(chunks),
+                [image_size] * len(chunks),
+                chunks,
+                [image_store] * len(chunks),
+            )
+        try:
+            for n, pixels in results:
+                if stores is not None:
+                    stores.write(pixels)
+                done += n
                 if progress:
                     progress(done, len(jobs))
-        else:
-            with ProcessPoolExecutor(workers) as pool:
-                for n in pool.map(
-                    _render_chunk, [str(tmp)] * len(chunks), [image_size] * len(chunks), chunks
-                ):
-                    done += n
-                    if progress:
-                        progress(done, len(jobs))
-        from fashion_vl.data.tokenizer import train_wordpiece
+        finally:
+            if workers != 1:
+                pool.shutdown(cancel_futures=True)
+        if stores is not None:
+            stores.finish()
+        from fashion_vl.data.synth.tokenizer import train_wordpiece
 
         texts = [t for w in written.values() for t in w.texts]
         vocab = train_wordpiece(texts, tmp / "tokenizer")
@@ -461,6 +536,8 @@ def generate(
             tokenizer_vocab_size=vocab,
             counts=counts,
         )
+        if image_store != "files":  # the default manifest stays byte for byte what it was
+            manifest["image_store"] = image_store
         (tmp / "synthetic_manifest.json").write_text(json.dumps(manifest, indent=1))
         if out.exists():
             shutil.rmtree(out)

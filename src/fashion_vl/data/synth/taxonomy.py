@@ -190,6 +190,13 @@ SUBCATEGORIES: tuple[tuple[str, SubCategory], ...] = tuple(
 SUBCATEGORY_INDEX = {sub.name: i for i, (_, sub) in enumerate(SUBCATEGORIES)}
 MATERIALS = tuple(sorted({m for _, s in SUBCATEGORIES for m in s.materials}))
 
+
+def caption_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The colour words and sub-category names the synthetic product texts use: the vocabulary of
+    :func:`fashion_vl.metrics.caption_attributes.caption_attribute_shares` on this data."""
+    return tuple(COLOURS), tuple(sorted({sub.name for _, sub in SUBCATEGORIES}))
+
+
 # Pseudo-attribute vocabulary: every value a text can name. ``attributes_id`` index into it.
 ATTRIBUTE_VOCAB: tuple[str, ...] = (
     *COLOURS, *PATTERNS[1:], *MATERIALS, *SLEEVES, *LENGTHS, *NECKLINES, *FITS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import timm
@@ -9,7 +10,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from fashion_vl.models.hub import PretrainedUnavailableError, hub_reachable, unavailable_message
+from fashion_vl.hub import PretrainedUnavailableError, hub_reachable, unavailable_message
+from fashion_vl.models.encoders.pixels import FASHION_MEAN, FASHION_STD, ImageNormalize
 
 
 def create_timm_trunk(
@@ -69,6 +71,8 @@ class GridImageEncoder(nn.Module):
         pretrained: load the weights that go with ``name``.
         checkpoint_path: a local weight file instead of the hub.
         channels_last: run convolutions in NHWC (faster with bf16 on tensor cores).
+        mean, std: the normalisation of ``uint8`` input (:class:`ImageNormalize`, the encoder's first
+            step; float input is taken as normalised already).
         timm_kwargs: passed to ``timm.create_model`` (``output_stride``, ``channels``, ...).
     """
 
@@ -78,9 +82,12 @@ class GridImageEncoder(nn.Module):
         pretrained: bool = False,
         checkpoint_path: str | None = None,
         channels_last: bool = False,
+        mean: Sequence[float] = FASHION_MEAN,
+        std: Sequence[float] = FASHION_STD,
         **timm_kwargs,
     ) -> None:
         super().__init__()
+        self.input_norm = ImageNormalize(mean, std)
         self.trunk = create_timm_trunk(name, pretrained, checkpoint_path, **timm_kwargs)
         self.num_features: int = self.trunk.num_features
         self.channels_last = channels_last
@@ -88,7 +95,8 @@ class GridImageEncoder(nn.Module):
             self.trunk = self.trunk.to(memory_format=torch.channels_last)
 
     def forward_grid(self, images: torch.Tensor) -> torch.Tensor:
-        """Feature map ``[B, C, H, W]``."""
+        """Feature map ``[B, C, H, W]`` of ``uint8`` pixels or normalised float images."""
+        images = self.input_norm(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.trunk.forward_features(images)

@@ -1,10 +1,10 @@
-"""Hugging Face BERT as FashionViL's text encoder and fusion encoder, and the tokenizer loader."""
+"""Hugging Face BERT as FashionViL's text encoder and fusion encoder."""
 
 from __future__ import annotations
 
-from transformers import AutoTokenizer, BertConfig, BertModel, PreTrainedTokenizerBase
+from transformers import BertConfig, BertModel
 
-from fashion_vl.models.hub import load_pretrained
+from fashion_vl.hub import load_pretrained
 
 
 def build_bert(
@@ -42,8 +42,3 @@ def build_bert(
         return model
     config = BertConfig(attn_implementation=attn_implementation, **config_overrides)
     return BertModel(config, add_pooling_layer=add_pooling_layer)
-
-
-def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
-    """A fast tokenizer by hub name or local directory (the synthetic data ships one)."""
-    return load_pretrained(AutoTokenizer.from_pretrained, name, what="tokenizer", config_key="tokenizer")

@@ -1,4 +1,4 @@
-"""UniFashion's diffusion branch (``shared/reference/unifashion.md`` §1), BLIP-Diffusion style: the
+"""UniFashion's diffusion branch (``docs/reference.md`` UniFashion §1), BLIP-Diffusion style: the
 Q-Former's query outputs condition Stable Diffusion through its CLIP text encoder.
 
 Everything that exists elsewhere comes from there: the UNet, the VAE and the noise schedules from
@@ -27,8 +27,9 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, PreTrainedTokenizerBase
 from transformers.masking_utils import create_causal_mask
 
-from fashion_vl.models.encoders.text import load_tokenizer
-from fashion_vl.models.hub import load_pretrained
+from fashion_vl.hub import load_pretrained, load_tokenizer
+from fashion_vl.models.checkpoint import load_from_checkpoint
+from fashion_vl.models.encoders.pixels import to_signed
 
 SD15 = "runwayml/stable-diffusion-v1-5"
 # create_causal_mask's cache argument was renamed past_key_values -> cache (transformers 5.2x); the
@@ -177,11 +178,15 @@ def to_vae_range(
     std: torch.Tensor | Sequence[float],
     size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Images normalised with ``mean`` / ``std`` (``[B, 3, H, W]``) -> the VAE's ``[-1, 1]``, resized
-    (bilinear, antialiased) to ``size`` when given. ``mean = std = 0.5`` leaves ``[-1, 1]`` data as is."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
-    pixels = (images.float() * std + mean).clamp(0, 1) * 2 - 1
+    """``uint8`` pixels, or images normalised with ``mean`` / ``std`` (``[B, 3, H, W]``) -> the VAE's
+    ``[-1, 1]``, resized (bilinear, antialiased) to ``size`` when given. ``mean = std = 0.5`` leaves
+    ``[-1, 1]`` data as is; ``uint8`` input ignores ``mean`` / ``std``."""
+    if images.dtype == torch.uint8:
+        pixels = to_signed(images)
+    else:
+        mean = torch.as_tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        std = torch.as_tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        pixels = (images.float() * std + mean).clamp(0, 1) * 2 - 1
     if size is not None and tuple(pixels.shape[-2:]) != tuple(size):
         pixels = F.interpolate(pixels, size=size, mode="bilinear", antialias=True, align_corners=False)
     return pixels
@@ -247,6 +252,10 @@ class DiffusionBranch(nn.Module):
         resolution: image side in pixels (a multiple of the VAE's and UNet's downsampling).
         max_prompt_length: prompt tokens, context excluded; default: what is left of the text
             encoder's positions after the N queries (77 - 32 = 45 for SD v1.5 with 32 queries).
+        pad_prompts: ``max_length`` (ours): every prompt padded to that length, as SD pads to 77;
+            ``longest``: to the batch's longest prompt (the reference's ``blip2_qformer_cir_full``; the
+            ``fidelity=reference`` preset), so the UNet's context, and what it predicts, depends on the
+            other prompts of the batch.
         negative_prompt: text of the unconditional context.
         train_unet: train the UNet (else frozen like the VAE).
         snr_gamma: Min-SNR-gamma loss weighting (Hang et al., 2023; diffusers' ``--snr_gamma``): each
@@ -268,8 +277,12 @@ class DiffusionBranch(nn.Module):
         negative_prompt: str = "",
         train_unet: bool = True,
         snr_gamma: float | None = None,
+        pad_prompts: str = "max_length",
     ) -> None:
         super().__init__()
+        if pad_prompts not in ("max_length", "longest"):
+            raise ValueError(f"pad_prompts must be 'max_length' or 'longest', not {pad_prompts!r}")
+        self.pad_prompts = pad_prompts
         if snr_gamma is not None and snr_gamma <= 0:
             raise ValueError(f"snr_gamma must be positive or null, not {snr_gamma}")
         if unet.config.cross_attention_dim != text_encoder.hidden_size:
@@ -333,13 +346,12 @@ class DiffusionBranch(nn.Module):
     def prompt_length(self, num_queries: int) -> int:
         return self.max_prompt_length or self.text_encoder.max_length - num_queries
 
-    def tokenize(self, prompts: Sequence[str], length: int) -> torch.Tensor:
-        """``[B, length]`` ids padded to ``length`` with no attention mask: SD's text encoder always
-        reads the full padded sequence, and its UNet cross-attends to every position."""
+    def tokenize(self, prompts: Sequence[str], length: int, padding: str = "max_length") -> torch.Tensor:
+        """``[B, length]`` ids padded to ``length`` (or, ``padding="longest"``, to the longest prompt, at
+        most ``length``) with no attention mask: SD's text encoder always reads the full padded
+        sequence, and its UNet cross-attends to every position."""
         tok = self.tokenizer
-        ids = tok(
-            list(prompts), padding="max_length", truncation=True, max_length=length, return_tensors="pt"
-        )
+        ids = tok(list(prompts), padding=padding, truncation=True, max_length=length, return_tensors="pt")
         return ids.input_ids.to(self.proj.dense1.weight.device)
 
     def encode_condition(self, query_outputs: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -347,7 +359,7 @@ class DiffusionBranch(nn.Module):
         if len(prompts) != query_outputs.shape[0]:
             raise ValueError(f"{len(prompts)} prompts for {query_outputs.shape[0]} query sets")
         context = self.proj(query_outputs)
-        ids = self.tokenize(prompts, self.prompt_length(query_outputs.shape[1]))
+        ids = self.tokenize(prompts, self.prompt_length(query_outputs.shape[1]), self.pad_prompts)
         return self.text_encoder(ids, context)[0]
 
     def encode_unconditional(self, batch_size: int, length: int) -> torch.Tensor:
@@ -568,6 +580,7 @@ def build_diffusion_branch(
     resolution: int = 512,
     max_prompt_length: int | None = None,
     negative_prompt: str = "",
+    pad_prompts: str = "max_length",
     train_unet: bool = True,
     gradient_checkpointing: bool = False,
     noise_schedule: Mapping[str, Any] | None = None,
@@ -575,6 +588,7 @@ def build_diffusion_branch(
     vae: Mapping[str, Any] | None = None,
     text_encoder: Mapping[str, Any] | None = None,
     vae_from: str | None = None,
+    proj_from: str | None = None,
     snr_gamma: float | None = None,
 ) -> DiffusionBranch:
     """The branch from a Stable Diffusion folder or hub id (``pretrained``: its ``unet``, ``vae``,
@@ -591,12 +605,16 @@ def build_diffusion_branch(
         unet, vae, text_encoder: ``UNet2DConditionModel``, ``AutoencoderKL`` and ``CLIPTextConfig``
             arguments when not ``pretrained``.
         gradient_checkpointing: recompute the UNet's activations in the backward pass.
+        pad_prompts: see :class:`DiffusionBranch`.
         vae_from: a checkpoint of :class:`~fashion_vl.lit.autoencoder_kl.AutoencoderKLModule` (a VAE
             fitted by ``experiment=demo_diffusion_vae``) whose weights replace the VAE's, loaded
             strictly (the architecture must match).
+        proj_from: a checkpoint written by ``fvl-convert lavis`` from a UniFashion file with the
+            authors' ``proj_layer`` (``blip2_qformer_cir_full``): its ``proj_layer.*`` start the
+            ProjLayer, loaded strictly.
         others: see :class:`DiffusionBranch` and :class:`QueryConditionedTextEncoder`.
     """
-    key = "lit.objectives.diffusion.branch.name"
+    key = "model.diffusion.name"  # (model.branch.name in the try-on editor)
     if pretrained:
 
         def load(loader, what: str, subfolder: str):
@@ -623,21 +641,23 @@ def build_diffusion_branch(
             subfolder="tokenizer",
         )
     else:
-        raise ValueError(
-            "a random diffusion branch needs a tokenizer (lit.objectives.diffusion.branch.tokenizer)"
-        )
+        raise ValueError("a random diffusion branch needs a tokenizer (model.diffusion.tokenizer)")
     if gradient_checkpointing:
         unet_model.enable_gradient_checkpointing()
     width = clip.config.hidden_size
+    proj = ProjLayer(query_dim, proj_hidden_dim, width, dropout=proj_dropout)
+    if proj_from is not None:
+        load_from_checkpoint(proj, proj_from, prefix="proj_layer.", what="diffusion ProjLayer")
     return DiffusionBranch(
         vae=vae_model,
         unet=unet_model,
         text_encoder=QueryConditionedTextEncoder(clip, context_position),
-        proj=ProjLayer(query_dim, proj_hidden_dim, width, dropout=proj_dropout),
+        proj=proj,
         tokenizer=tok_loader,
         noise_schedule=noise_schedule,
         resolution=resolution,
         max_prompt_length=max_prompt_length,
+        pad_prompts=pad_prompts,
         negative_prompt=negative_prompt,
         train_unet=train_unet,
         snr_gamma=snr_gamma,

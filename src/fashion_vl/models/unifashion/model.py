@@ -1,5 +1,5 @@
-"""UniFashion (Zhao et al., EMNLP 2024; ``shared/reference/unifashion.md`` §1): a frozen ViT, BLIP-2's
-Q-Former, and an LLM branch reading the Q-Former's query outputs.
+"""UniFashion (Zhao et al., EMNLP 2024; ``docs/reference.md`` UniFashion §1): a frozen ViT, BLIP-2's
+Q-Former, an LLM branch and a diffusion branch reading the Q-Former's query outputs.
 
 The diffusion branch and phase 2's composed query (``prompt_tokens`` reading the target image, the
 fused [CLS] as the composed feature) attach to the same verbs: :meth:`UniFashion.image_tokens`,
@@ -10,6 +10,7 @@ fused [CLS] as the composed feature) attach to the same verbs: :meth:`UniFashion
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from fashion_vl.models.outputs import ImageTextEncoding
 from fashion_vl.models.unifashion.llm import LanguageModel
 from fashion_vl.models.unifashion.qformer import QFormer
 from fashion_vl.models.unifashion.vision import FrozenViT
+
+if TYPE_CHECKING:  # diffusers is imported only by runs that build the branch
+    from fashion_vl.models.unifashion.diffusion import DiffusionBranch
 
 DEFAULT_CAPTION_PROMPT = "Describe the image concisely."
 
@@ -30,6 +34,8 @@ class UniFashion(nn.Module):
         qformer: the Q-Former and its heads (:class:`QFormer`); its ``ln_vision`` normalises the ViT
             tokens, and its ``llm_proj`` must map into ``llm``'s width.
         llm: the LLM branch (:class:`LanguageModel`), or ``None`` for a retrieval-only model.
+        diffusion: the diffusion branch (:class:`~fashion_vl.models.unifashion.diffusion.DiffusionBranch`:
+            Stable Diffusion drawing from the query outputs), or ``None`` (no image generation).
         gradient_checkpointing: recompute the Q-Former's layers in the backward pass (the LLM has its
             own switch, ``model.llm.gradient_checkpointing``).
         freeze_qformer: freeze the Q-Former and its heads (no gradients, no optimizer state, eval
@@ -45,6 +51,7 @@ class UniFashion(nn.Module):
         llm: LanguageModel | None = None,
         gradient_checkpointing: bool = False,
         freeze_qformer: bool = False,
+        diffusion: DiffusionBranch | None = None,
     ) -> None:
         super().__init__()
         if image_encoder.num_features != qformer.vision_width:
@@ -59,9 +66,15 @@ class UniFashion(nn.Module):
                     f"the Q-Former's llm_proj maps to {width} but the LLM is {llm.hidden_size} wide: "
                     "set model.qformer.llm_hidden_size to the LLM's hidden size"
                 )
+        if diffusion is not None and diffusion.proj.dense1.in_features != qformer.hidden_size:
+            raise ValueError(
+                f"the diffusion branch reads {diffusion.proj.dense1.in_features}-d queries but the Q-Former is "
+                f"{qformer.hidden_size} wide: set model.diffusion.query_dim"
+            )
         self.image_encoder = image_encoder
         self.qformer = qformer
         self.llm = llm
+        self.diffusion = diffusion
         if gradient_checkpointing:
             self.set_grad_checkpointing(True)
         self.freeze_qformer = freeze_qformer
@@ -142,10 +155,15 @@ class UniFashion(nn.Module):
         return self.llm
 
     def caption_loss(
-        self, query_states: torch.Tensor, prompts: Sequence[str], targets: Sequence[str]
+        self,
+        query_states: torch.Tensor,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        append_eos: bool = True,
     ) -> torch.Tensor:
         """LLM next-token loss on ``targets`` given the projected queries and an instruction each."""
-        return self._require_llm().caption_loss(self.qformer.project_to_llm(query_states), prompts, targets)
+        prefix = self.qformer.project_to_llm(query_states)
+        return self._require_llm().caption_loss(prefix, prompts, targets, append_eos)
 
     @torch.no_grad()
     def generate_from_queries(

@@ -31,8 +31,8 @@ from transformers.masking_utils import create_bidirectional_mask
 from transformers.models.bert.modeling_bert import BertPredictionHeadTransform
 from transformers.models.blip_2.modeling_blip_2 import Blip2TextEmbeddings
 
+from fashion_vl.hub import load_pretrained
 from fashion_vl.models.checkpoint import CheckpointMismatchError, read_state_dict
-from fashion_vl.models.hub import load_pretrained
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ BLIP2_RETRIEVAL_KEYS = (
 )
 # What UniFashion adds; a BLIP-2 checkpoint may lack any of them (they then keep their initialisation).
 UNIFASHION_EXTRA_KEYS = ("ln_vision", "temp", "itg_head", "prompt_tokens", "llm_proj")
+# Keys of a converted checkpoint (checkpoints/lavis.py) that other modules load: the diffusion branch's
+# ProjLayer (lit.objectives.diffusion.branch.proj_from).
+OTHER_MODULES = ("proj_layer.",)
 # Sizes a config may state next to pretrained=true; they must agree with the checkpoint.
 _CHECKED_SIZES = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -91,6 +94,9 @@ class QFormer(nn.Module):
         llm_hidden_size: width of the LLM the query outputs are projected into; ``None`` builds no
             ``llm_proj``.
         ln_vision_eps: epsilon of ``ln_vision`` (LAVIS uses torch's default 1e-5).
+        clamp_temperature: :meth:`temperature` clamps ``temp`` in place into [0.001, 0.5] first, as
+            LAVIS's BLIP-2 does (ours); ``false``: never, as UniFashion's ``blip2_qformer_cir_cls`` /
+            ``cir_rerank`` (the ``fidelity=reference`` preset, ``docs/fidelity.md``).
     """
 
     def __init__(
@@ -103,6 +109,7 @@ class QFormer(nn.Module):
         num_prompt_tokens: int = 0,
         llm_hidden_size: int | None = None,
         ln_vision_eps: float = 1e-5,
+        clamp_temperature: bool = True,
     ) -> None:
         super().__init__()
         if not config.use_qformer_text_input:
@@ -114,6 +121,7 @@ class QFormer(nn.Module):
         self.config = config
         hidden = config.hidden_size
         self.bos_token_id = bos_token_id
+        self.clamp_temperature = clamp_temperature
         self.ln_vision = nn.LayerNorm(config.encoder_hidden_size, eps=ln_vision_eps)
         self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, hidden))
         self.embeddings = Blip2TextEmbeddings(config)
@@ -167,9 +175,11 @@ class QFormer(nn.Module):
         return self.config.encoder_hidden_size
 
     def temperature(self) -> torch.Tensor:
-        """The contrastive temperature, clamped in place to [0.001, 0.5] first (as BLIP does)."""
-        with torch.no_grad():
-            self.temp.clamp_(0.001, 0.5)
+        """The contrastive temperature, clamped in place to [0.001, 0.5] first (as BLIP does) unless
+        ``clamp_temperature`` is false."""
+        if self.clamp_temperature:
+            with torch.no_grad():
+                self.temp.clamp_(0.001, 0.5)
         return self.temp
 
     def _queries(self, batch: int, query_tokens: torch.Tensor | None) -> torch.Tensor:
@@ -237,11 +247,17 @@ class QFormer(nn.Module):
         return self.project_text(fused[:, self.num_query_tokens :])
 
     def itm_logits(
-        self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self,
+        image_tokens: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        query_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Match/no-match logits ``[B, 2]``: ``itm_head`` on every query output, averaged over queries."""
-        fused = self.fused_states(image_tokens, input_ids, attention_mask)
-        return self.itm_head(fused[:, : self.num_query_tokens]).mean(dim=1)
+        """Match/no-match logits ``[B, 2]``: ``itm_head`` on every query output, averaged over queries
+        (``query_tokens`` replaces the learned queries, as in :meth:`query_states`)."""
+        fused = self.fused_states(image_tokens, input_ids, attention_mask, query_tokens)
+        num_queries = self.num_query_tokens if query_tokens is None else query_tokens.shape[1]
+        return self.itm_head(fused[:, :num_queries]).mean(dim=1)
 
     def decoder_logits(
         self, image_tokens: torch.Tensor, decoder_input_ids: torch.Tensor, attention_mask: torch.Tensor
@@ -295,7 +311,8 @@ class QFormer(nn.Module):
         """Load a Q-Former state dict in transformers' BLIP-2 names (see the module docstring).
 
         ``vision_model.post_layernorm.*`` is read as ``ln_vision.*``; the rest of ``vision_model.*`` (the
-        ViT, loaded by the image encoder) is ignored. Every BLIP-2 retrieval key must be present and every
+        ViT, loaded by the image encoder) and ``proj_layer.*`` (the diffusion branch's, see
+        :data:`OTHER_MODULES`) are ignored. Every BLIP-2 retrieval key must be present and every
         key must belong to this module; UniFashion's extras (``ln_vision``, ``temp``, ``itg_head``,
         ``prompt_tokens``, ``llm_proj``) may be missing and keep their initialisation, as do modules
         named in ``reinit``; ``llm_proj``/``prompt_tokens`` in the state are ignored when this Q-Former does
@@ -309,7 +326,7 @@ class QFormer(nn.Module):
         for key, value in state.items():
             if key.startswith("vision_model.post_layernorm."):
                 remapped["ln_vision." + key.removeprefix("vision_model.post_layernorm.")] = value
-            elif not key.startswith("vision_model."):
+            elif not key.startswith(("vision_model.", *OTHER_MODULES)):
                 remapped[key] = value
 
         own = self.state_dict()
@@ -354,6 +371,7 @@ def build_qformer(
     init_from: str | None = None,
     reinit: Sequence[str] = (),
     prompt_tokens_from_queries: bool = False,
+    clamp_temperature: bool = True,
     **config_overrides,
 ) -> QFormer:
     """A :class:`QFormer`: random init from ``Blip2QFormerConfig`` + ``config_overrides``, or the public
@@ -361,13 +379,14 @@ def build_qformer(
 
     Args:
         name: a ``Blip2ForImageTextRetrieval`` checkpoint (``Salesforce/blip2-itm-vit-g``), loaded
-            offline-safely (``models.hub``); its Q-Former config replaces ``config_overrides``.
+            offline-safely (``fashion_vl.hub``); its Q-Former config replaces ``config_overrides``.
         init_from: a converted UniFashion/LAVIS checkpoint in the contract's names, or a Lightning
             checkpoint of ours (``net.qformer.*``).
         reinit: modules (e.g. ``llm_proj``) not taken from ``init_from`` or ``name``.
         prompt_tokens_from_queries: when the loaded weights have no ``prompt_tokens`` (a BLIP-2 or
             phase-1 checkpoint), start them as a copy of the loaded ``query_tokens`` (phase 2 then
             begins from target features that already match phase 1's text space) instead of random.
+        clamp_temperature: see :class:`QFormer`.
     """
     if pretrained:
         source = load_pretrained(
@@ -393,8 +412,9 @@ def build_qformer(
         config = Blip2QFormerConfig(**config_overrides)
         state = None
     qformer = QFormer(
-        config, num_query_tokens, embed_dim, bos_token_id, temperature, num_prompt_tokens, llm_hidden_size
-    )
+        config, num_query_tokens, embed_dim, bos_token_id, temperature, num_prompt_tokens, llm_hidden_size,
+        clamp_temperature=clamp_temperature,
+    )  # fmt: skip
     fresh: list[str] = []
     if state is not None:
         fresh = qformer.load_blip2_state_dict(state, source=name, reinit=reinit)

@@ -1,4 +1,4 @@
-"""UniFashion's try-on editing branch (``shared/reference/unifashion.md`` §1, the StableVITON fork):
+"""UniFashion's try-on editing branch (``docs/reference.md`` UniFashion §1, the StableVITON fork):
 the diffusion branch's UNet widened to 13 input channels (noisy latent 4 + agnostic-image latent 4 +
 agnostic mask 1 + dense-pose latent 4) and a ControlNet reading the garment sketch, with the caption
 (and the Q-Former's query outputs, when given) as cross-attention context.
@@ -37,6 +37,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from fashion_vl.data.transforms import CLIP_MEAN, CLIP_STD
+from fashion_vl.models.encoders.pixels import to_signed
 from fashion_vl.models.unifashion.diffusion import DiffusionBranch, widen_unet_input
 from fashion_vl.models.unifashion.model import UniFashion
 
@@ -225,7 +226,7 @@ class TryOnEditor(nn.Module):
         """Scaled latents of a condition image: the posterior's mode, so that conditions carry no
         sampling noise and sampling stays a function of the seed alone."""
         vae = self.branch.vae
-        return vae.encode(images.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+        return vae.encode(to_signed(images).to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
 
     def spatial_inputs(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The 9 extra UNet channels ``[E(agnostic) ; mask↓ ; E(densepose)]`` at latent size, in the
@@ -324,7 +325,7 @@ class TryOnEditor(nn.Module):
         Each sample drops context and sketch together with probability ``condition_drop``
         (default: the editor's)."""
         p = self.condition_drop if condition_drop is None else condition_drop
-        images = batch["image"]
+        images = to_signed(batch["image"])  # uint8 pixels from the data; float [-1, 1] as they are
         self._check_size(images)
         if query_outputs is None:
             query_outputs = self.batch_queries(batch)
@@ -386,7 +387,7 @@ class TryOnEditor(nn.Module):
             images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float().clamp(-1, 1)
             if paste_back:
                 mask = batch["agnostic_mask"].to(images.dtype)
-                images = mask * images + (1 - mask) * batch["image"].to(images.dtype)
+                images = mask * images + (1 - mask) * to_signed(batch["image"]).to(images.dtype)
             return images
         finally:
             self.train(was_training)
