@@ -112,7 +112,7 @@ compare: $(CLIP_STAMP)
 	$(BIN)/fvl-compare --models $(COMPARE_MODELS) --out logs/compare -- $(DEMO_ARGS) data.num_workers=2
 
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q tests --nbmake notebooks
+	$(BIN)/python -m pytest -m "not slow" -q tests --nbmake notebooks --durations=25
 
 test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests --nbmake notebooks

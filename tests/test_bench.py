@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -73,69 +74,42 @@ def test_bench_pretrain_reports_every_task_path_and_derived_figure(synth_dir: Pa
     assert result["config"]["model"]["text_encoder"]["pretrained"] is False
 
 
+def script(name: str) -> dict:
+    """A benchmark script's globals, run in this process (its ``__main__`` block is one call to them):
+    the same code as ``python scripts/<name>`` without a second interpreter importing torch."""
+    return runpy.run_path(str(ROOT / "scripts" / name), run_name="bench_script")
+
+
 def test_bench_finetune_and_eval_scripts_run(synth_dir: Path, tmp_path: Path) -> None:
     common = ["--device", "cpu", "--data-dir", str(synth_dir)]
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/bench_finetune.py"),
-            "--experiment",
-            "demo_finetune_retrieval",
-            "--batch-size",
-            "4",
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--num-batches",
-            "1",
-            "--num-workers",
-            "0",
-            "--paths",
-            "eager_fp32",
-            "--no-components",
-            "--no-data-path",
-            "--out",
-            str(tmp_path / "ft.json"),
-            *common,
-            "image_size=64",
-            "resize_size=72",
-        ],
-        check=True,
-        cwd=tmp_path,
-        capture_output=True,
-    )
+    finetune = script("bench_finetune.py")
+    assert "finetune_composition_fashioniq" in finetune["EXPERIMENTS"]
+    finetune["training_main"](
+        ["--experiment", "demo_finetune_retrieval", "--batch-size", "4", "--steps", "1", "--warmup", "0",
+         "--num-batches", "1", "--num-workers", "0", "--paths", "eager_fp32", "--no-components",
+         "--no-data-path", "--out", str(tmp_path / "ft.json"), *common, "image_size=64", "resize_size=72"],
+        finetune["__doc__"].splitlines()[0],
+        finetune["EXPERIMENTS"],
+    )  # fmt: skip
     ft = json.loads((tmp_path / "ft.json").read_text())
     assert ft["paths"]["eager_fp32"]["tasks"]["train"]["samples_per_s"] > 0
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/bench_eval.py"),
-            "--experiment",
-            "demo_pretrain",
-            "--num-items",
-            "40",
-            "--image-size",
-            "64",
-            "--batch-size",
-            "16",
-            "--chunk-size",
-            "8",
-            "--paths",
-            "default",
-            "--out",
-            str(tmp_path / "ev.json"),
-            *common,
-        ],
-        check=True,
-        cwd=tmp_path,
-        capture_output=True,
-    )
+    script("bench_eval.py")["main"](
+        ["--experiment", "demo_pretrain", "--num-items", "40", "--image-size", "64", "--batch-size", "16",
+         "--chunk-size", "8", "--paths", "default", "--out", str(tmp_path / "ev.json"), *common]
+    )  # fmt: skip
     ev = json.loads((tmp_path / "ev.json").read_text())["paths"][0]
     assert ev["num_items"] == 40 and ev["full_gallery_recall_s"] > 0 and ev["images_per_s"] > 0
 
 
-def test_fast_path_gives_the_eager_fp32_losses(synth_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "compile_units",
+    [
+        False,
+        # ~25 s of graph capture on 2 cores: slow; the compile callback's test below compiles the same units
+        pytest.param(True, marks=pytest.mark.slow),
+    ],
+)
+def test_fast_path_gives_the_eager_fp32_losses(synth_dir: Path, compile_units: bool) -> None:
     """channels_last, torch.compile (graph capture and AOT autograd; the aot_eager backend, as CPU CI
     has no time for inductor's code generation) and the multi-tensor optimizer leave every task's loss
     where the eager fp32 path puts it, before and after one optimisation step."""
@@ -150,7 +124,7 @@ def test_fast_path_gives_the_eager_fp32_losses(synth_dir: Path) -> None:
         "fast",
         None,
         channels_last=True,
-        compile=True,
+        compile=compile_units,
         tf32=False,
         project_optimizer=True,
         compile_backend="aot_eager",
@@ -230,11 +204,10 @@ def vitonhd_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_bench_tryon_trains_through_fvl_train_and_times_sampling(vitonhd_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "tryon.json"
-    subprocess.run(
-        [sys.executable, str(ROOT / "scripts/bench_tryon.py"), "--experiment", "demo_unifashion_phase2_tryon",
-         "--steps", "3", "--warmup", "1", "--batch-size", "2", "--sample-images", "3", "--sample-steps", "2",
-         "--num-workers", "0", "--data-dir", str(vitonhd_dir), "--out", str(out)],
-        check=True, capture_output=True, text=True,
+    script("bench_tryon.py")["main"](
+        ["--experiment", "demo_unifashion_phase2_tryon", "--steps", "3", "--warmup", "1", "--batch-size", "2",
+         "--sample-images", "3", "--sample-steps", "2", "--num-workers", "0", "--data-dir", str(vitonhd_dir),
+         "--out", str(out)]
     )  # fmt: skip
     result = json.loads(out.read_text())
     train, sample = result["train"], result["sample"]

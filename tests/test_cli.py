@@ -94,6 +94,37 @@ def test_check_an_empty_folder_fails(tmp_path: Path) -> None:
     assert fvl_data(["check", str(tmp_path / "nope")]) == 2
 
 
+def test_a_multirun_job_rewrites_argv_to_itself_for_its_ddp_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast counterpart of the DDP multirun below: under ``-m``, the argv Lightning re-runs for ranks > 0
+    becomes this job's own overrides, and ``hydra.run.dir`` its output folder; outside a multirun, nothing
+    changes."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    from fashion_vl.build import compose
+    from fashion_vl.cli._run import prepare_ddp_relaunch
+
+    sweep_argv = ["fvl-train", "-m", "experiment=demo_itc", "seed=1,2", "trainer=ddp_cpu"]
+    job_overrides = ["experiment=demo_itc", "seed=2", "trainer=ddp_cpu"]
+    cfg = compose("train", job_overrides, output_dir=tmp_path / "multiruns" / "sweep" / "1")
+    monkeypatch.setattr(sys, "argv", list(sweep_argv))
+    prepare_ddp_relaunch()  # a single run (mode RUN): argv stays
+    assert sys.argv == sweep_argv
+    with read_write(cfg.hydra):
+        cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig().set_config(cfg)
+    try:
+        prepare_ddp_relaunch()
+        assert sys.argv == ["fvl-train", *job_overrides]
+        assert HydraConfig.get().run.dir == str(tmp_path / "multiruns" / "sweep" / "1")
+    finally:
+        HydraConfig.instance().cfg = None  # no multirun config left behind for the next test
+
+
+@pytest.mark.slow  # ~90 s (two jobs of two spawned ranks); the argv rewrite above is the fast counterpart
 def test_multirun_with_ddp_completes_every_job(tmp_path: Path, synth_dir: Path) -> None:
     """Hydra -m plus Lightning DDP: each job's child rank must re-run that job, not the sweep."""
     result = run(

@@ -116,11 +116,8 @@ def test_logger_configs_instantiate(logger: str, tmp_path: Path) -> None:
     assert all(isinstance(lg, Logger) for lg in instantiate_list(cfg.logger, "logger"))
 
 
-@pytest.mark.parametrize("experiment", options("experiment"))
-def test_experiments_compose(experiment: str, tmp_path: Path) -> None:
-    for root in ("train", "eval"):
-        cfg = compose_config(root, [f"experiment={experiment}"], tmp_path)
-        assert cfg.experiment_name == experiment
+# Every experiment composes under both roots and passes the pre-flight check:
+# tests/faults/test_bad_config.py::test_every_experiment_passes_the_preflight.
 
 
 @pytest.mark.parametrize("debug", options("debug"))
@@ -137,3 +134,14 @@ def test_hparams_search_is_a_multirun(tmp_path: Path) -> None:
 def test_cli_group_override_beats_experiment(tmp_path: Path) -> None:
     cfg = compose_config("train", ["experiment=demo_itc", "trainer=ddp_cpu"], tmp_path)
     assert cfg.trainer.strategy._target_.endswith("DDPStrategy") and cfg.trainer.devices == 2
+
+
+@pytest.mark.parametrize("experiment", ["pretrain_fashionall", "finetune_openclip_fashionall"])
+def test_the_attribute_vocabulary_size_is_the_python_constant(experiment: str, tmp_path: Path) -> None:
+    """The real data's pseudo-attribute vocabulary is written once in config (conf/data/fashionall.yaml) and
+    once in code (``NUM_PSEUDO_ATTRIBUTES``); every PAC head reads the data config's number."""
+    from fashion_vl.data.formats.products import NUM_PSEUDO_ATTRIBUTES
+
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path)
+    assert cfg.data.num_attributes == NUM_PSEUDO_ATTRIBUTES
+    assert cfg.model.heads.pac.num_classes == NUM_PSEUDO_ATTRIBUTES

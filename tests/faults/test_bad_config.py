@@ -77,7 +77,12 @@ EXPERIMENTS = sorted(
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_passes_the_preflight(tmp_path, synth_dir, experiment) -> None:
-    preflight(compose_config("train", [f"experiment={experiment}"], tmp_path, synth_dir), "fvl-train")
+    """Every experiment composes under both entry points (``fvl-train``, ``fvl-eval``) and its training
+    config passes the pre-flight check (one composition each: this is also the experiments' compose test)."""
+    cfg = compose_config("train", [f"experiment={experiment}"], tmp_path, synth_dir)
+    assert cfg.experiment_name == experiment
+    preflight(cfg, "fvl-train")
+    assert compose_config("eval", [f"experiment={experiment}"], tmp_path).experiment_name == experiment
 
 
 def fvl_train(*overrides: str, cwd: Path) -> subprocess.CompletedProcess:
