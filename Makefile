@@ -59,7 +59,7 @@ install: $(DEV_STAMP)
 # The whole pipeline on the synthetic data: pre-training (six tasks), then each fine-tuning task from
 # random init and from the pre-trained checkpoint (one Hydra multirun), then the results table.
 PRETRAIN_CKPT := logs/train/runs/demo_pretrain/checkpoints/last.ckpt
-FINETUNES := demo_finetune_retrieval,demo_finetune_composition_fashioniq,demo_finetune_composition_fashion200k,demo_finetune_classification,demo_finetune_outfit
+FINETUNES := demo_finetune_retrieval,demo_finetune_composed_fashioniq,demo_finetune_composed_fashion200k,demo_finetune_classification,demo_finetune_outfit
 # num_threads: CPU results depend on torch's thread count; pinned to the 2 of the machine the README's
 # figures come from, so that a machine with more cores (same CPU family) prints the same table.
 DEMO_ARGS := paths.data_dir=$(CURDIR)/$(DATA) print_config=false num_threads=2

@@ -14,8 +14,8 @@ from fashion_vl.bench.cli import training_main
 
 EXPERIMENTS = [
     "finetune_retrieval_fashiongen",
-    "finetune_composition_fashioniq",
-    "finetune_composition_fashion200k",
+    "finetune_composed_fashioniq",
+    "finetune_composed_fashion200k",
     "finetune_classification_fashiongen",
 ]
 

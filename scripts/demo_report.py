@@ -32,8 +32,8 @@ from fashion_vl.utils.rich_utils import print_table, results_table
 TASKS = {
     "demo_finetune_retrieval": ("cross-modal retrieval (FashionGen)", "sample100", "test/sample100/t2i_r@10",
                                 ["test/sample100/rsum", "test/full/t2i_r@10", "test/full/rsum"]),
-    "demo_finetune_composition_fashioniq": ("text-guided retrieval (FashionIQ)", "per category", "test/mean_r@10", ["test/mean_r@50"]),
-    "demo_finetune_composition_fashion200k": ("composed retrieval (Fashion200k)", "TIRG queries", "test/r@10", ["test/r@1", "test/r@50"]),
+    "demo_finetune_composed_fashioniq": ("text-guided retrieval (FashionIQ)", "per category", "test/mean_r@10", ["test/mean_r@50"]),
+    "demo_finetune_composed_fashion200k": ("composed retrieval (Fashion200k)", "TIRG queries", "test/r@10", ["test/r@1", "test/r@50"]),
     "demo_finetune_classification": ("sub-category recognition (FashionGen)", "all val images", "test/acc", ["test/macro_f1"]),
     "demo_finetune_outfit": ("outfit completion (Polyvore, disjoint)", "class-balanced", "test/r@10", ["test/r@30", "test/r@50"]),
 }  # fmt: skip
@@ -70,8 +70,8 @@ def chance_levels(data: Path) -> dict[str, float]:
     return {
         "zero_shot": 100 * zero_shot,
         "demo_finetune_retrieval": 100 * hit_chance(101, 1, 10),
-        "demo_finetune_composition_fashioniq": 100 * sum(per_cat) / 3,
-        "demo_finetune_composition_fashion200k": 100 * f200k_chance,
+        "demo_finetune_composed_fashioniq": 100 * sum(per_cat) / 3,
+        "demo_finetune_composed_fashion200k": 100 * f200k_chance,
         "demo_finetune_classification": 100 * max(labels.values()) / sum(labels.values()),
         "demo_finetune_outfit": 100 * ocir,
     }

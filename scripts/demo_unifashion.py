@@ -9,7 +9,9 @@ before and after training.
   FashionIQ mean R@10 over the three categories with and without ITM re-ranking, against chance (10 /
   gallery size per category) and the untrained model.
 
-Checks (the script exits non-zero when one fails): trained BLEU-4 and CIDEr above the untrained model's;
+Checks (the script exits non-zero when one fails; under ``--fidelity reference`` they are reported, not
+gated: they are the acceptance of our defaults, and the authors' computation fails the re-ranking one,
+docs/fidelity.md): trained BLEU-4 and CIDEr above the untrained model's;
 trained R@10 above chance and the untrained model's; re-ranking not worse than the ITC ranking
 (:func:`rerank_worse`: a lower re-ranked R@10 fails only when the paired sign test over the queries whose
 top-10 hit changed says so, p < 0.05; one query is 0.56 points, and at this scale the ITM head moves a
@@ -171,6 +173,12 @@ def main() -> None:
     out = args.out or logs / "results.json"
     out.write_text(json.dumps(payload, indent=1, default=str))
     print(f"results written to {out}")
+    if failures and args.fidelity == "reference":
+        print(
+            "the authors' computation (fidelity=reference) fails checks of our defaults, reported only: "
+            + "; ".join(failures)
+        )
+        return
     if failures:
         sys.exit("FAILED: " + "; ".join(failures))
     print("PASS")

@@ -83,7 +83,7 @@ def script(name: str) -> dict:
 def test_bench_finetune_and_eval_scripts_run(synth_dir: Path, tmp_path: Path) -> None:
     common = ["--device", "cpu", "--data-dir", str(synth_dir)]
     finetune = script("bench_finetune.py")
-    assert "finetune_composition_fashioniq" in finetune["EXPERIMENTS"]
+    assert "finetune_composed_fashioniq" in finetune["EXPERIMENTS"]
     finetune["training_main"](
         ["--experiment", "demo_finetune_retrieval", "--batch-size", "4", "--steps", "1", "--warmup", "0",
          "--num-batches", "1", "--num-workers", "0", "--paths", "eager_fp32", "--no-components",

@@ -25,7 +25,7 @@ PRESET = {
         "lit.recall.per_rank": (False, True),
     },
     "demo_finetune_outfit": {"lit.recall.ranking": ("pessimistic", "mmf")},
-    "demo_finetune_composition_fashioniq": {"lit.recall.ranking": ("pessimistic", "mmf")},
+    "demo_finetune_composed_fashioniq": {"lit.recall.ranking": ("pessimistic", "mmf")},
     "demo_unifashion_phase1": {
         "model.qformer.clamp_temperature": (True, False),
         "lit.objectives.itm.negative_rows": ("own", "swapped"),

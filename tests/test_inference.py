@@ -212,7 +212,7 @@ def test_converted_lavis_checkpoint(tmp_path: Path, synth_dir: Path) -> None:
 
 def test_composition_checkpoint(tmp_path: Path, synth_dir: Path) -> None:
     cfg, lit, path = lightning_like_checkpoint(
-        tmp_path, synth_dir, ["experiment=demo_finetune_composition_fashioniq"]
+        tmp_path, synth_dir, ["experiment=demo_finetune_composed_fashioniq"]
     )
     model = fashion_vl.load(path)
     assert model.capabilities == {"image", "text", "composed"}

@@ -73,7 +73,7 @@ def four_runs(tmp_path: Path) -> list[Path]:
                   retrieval_metrics(10.0), "/logs/train/runs/ft/2024-05-01_10-00-00/checkpoints/last.ckpt"),
         write_run(tmp_path / "sweep" / "1", "unifashion_phase1", UNIFASHION,
                   {**retrieval_metrics(20.0), **captions}, "/ckpts/phase1.ckpt"),
-        write_run(tmp_path / "sweep" / "2", "finetune_composition_fashioniq", FASHIONVIL,
+        write_run(tmp_path / "sweep" / "2", "finetune_composed_fashioniq", FASHIONVIL,
                   fashioniq_metrics(1.0), None),
         write_run(tmp_path / "sweep" / "10", "unifashion_phase2_fashioniq", UNIFASHION,
                   {**fashioniq_metrics(2.0), **fashioniq_metrics(3.0, "test/rerank/")}, "/ckpts/phase2.ckpt"),
@@ -215,7 +215,7 @@ def test_the_eval_config_registers_the_callback_and_it_runs_at_multirun_end(
     assert "finetune_retrieval_fashiongen" in out and "unifashion_phase2_fashioniq" in out
     rows = json.loads((sweep / "results.json").read_text())["runs"]
     assert [r["run"] for r in rows] == [
-        "finetune_retrieval_fashiongen", "unifashion_phase1", "finetune_composition_fashioniq",
+        "finetune_retrieval_fashiongen", "unifashion_phase1", "finetune_composed_fashioniq",
         "unifashion_phase2_fashioniq",
     ]  # fmt: skip
     assert (sweep / "results.md").is_file()

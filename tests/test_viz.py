@@ -31,7 +31,7 @@ def test_grid_outlines_correct_results() -> None:
     ("experiment", "extra"),
     [
         ("demo_itc", []),
-        ("demo_finetune_composition_fashioniq", ["data.batch_size=8", "data.max_text_length=24"]),
+        ("demo_finetune_composed_fashioniq", ["data.batch_size=8", "data.max_text_length=24"]),
     ],
 )
 def test_eval_viz_writes_a_grid(experiment: str, extra: list[str], tmp_path: Path, synth_dir: Path) -> None:

@@ -23,7 +23,7 @@ CONVERTED_SOURCE_KEY = "fvl_source"
 MMF_TASK_EXPERIMENTS = {
     "pretrain": "pretrain_fashionall",
     "contrastive": "finetune_retrieval_fashiongen",
-    "composition": "finetune_composition_fashioniq",
+    "composition": "finetune_composed_fashioniq",
     "classification": "finetune_classification_fashiongen",
 }
 
