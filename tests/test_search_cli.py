@@ -4,6 +4,7 @@ the small fake model (the commands ``make demo`` ends with, on a stand-in checkp
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,10 +61,12 @@ def test_build_then_query_a_data_folder(
     assert "up to date" in capsys.readouterr().out
 
     monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("COLUMNS", "200")  # the table's width when stdout is not a terminal
+    monkeypatch.delenv("COLUMNS", raising=False)  # stdout is not a terminal: rich would assume 80 columns
     assert index_cli.main(["query", str(out), "--text", "black wool blazer", "-k", "5"]) == 0
     printed = capsys.readouterr().out
     assert "top 5 of 5" in printed and "100123" in printed and "Black wool blazer" in printed
+    rows = [line for line in printed.splitlines() if "FashionGen" in line]
+    assert len(rows) == 5 and all(re.search(r"/FashionGen/\w+/\d+_\d\.png", row) for row in rows), printed
     assert fake_load[-1] == str(ckpt)  # the model the index records
 
     image = fixture_data / "FashionGen" / "val" / "200001_0.png"

@@ -122,6 +122,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     for h in hits:
         text = h.text if len(h.text) <= 60 else h.text[:57] + "..."
         table.add_row(str(h.rank), h.id, f"{h.score:.4f}", text, h.image)
+    if not console.is_terminal:
+        # in a log or a pipe (make demo's output) rich assumes 80 columns and folds the image path into a
+        # column one character wide; there, a row a hit is worth a wide line
+        console = Console(soft_wrap=True, width=max(console.width, 240))
     console.print(table)
     return 0
 
