@@ -111,8 +111,11 @@ compare: $(CLIP_STAMP)
 		trainer.enable_progress_bar=false
 	$(BIN)/fvl-compare --models $(COMPARE_MODELS) --out logs/compare -- $(DEMO_ARGS) data.num_workers=2
 
+# make test runs one pytest-xdist worker per core of the 2-core CI machine, a test file per worker at a
+# time (module fixtures built once); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q tests --nbmake notebooks --durations=25
+	$(BIN)/python -m pytest -m "not slow" -q tests --nbmake notebooks --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 test-all: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q tests --nbmake notebooks
