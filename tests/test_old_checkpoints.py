@@ -36,6 +36,7 @@ def fixture_thread_count():
     yield
     torch.set_num_threads(before)
 
+
 TINY_FASHIONVIL = [
     "model.text_encoder.hidden_size=32",
     "model.text_encoder.num_hidden_layers=1",
