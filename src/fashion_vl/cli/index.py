@@ -23,8 +23,12 @@ from fashion_vl.search.vector_index import APPROXIMATE_KINDS, INDEX_KINDS, Index
 
 def _consoles() -> tuple[Console, Console]:
     """stdout and stderr consoles made per command (so COLUMNS is read then); messages never wrap
-    mid-path, tables fit the terminal."""
-    return Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    mid-path, tables fit the terminal. In a log or a pipe (make demo's output) rich assumes 80 columns
+    and folds a table's image paths into a column one character wide; there, tables get a wide line."""
+    out = Console(soft_wrap=True)
+    if not out.is_terminal:
+        out = Console(soft_wrap=True, width=max(out.width, 240))
+    return out, Console(stderr=True, soft_wrap=True)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -122,10 +126,6 @@ def cmd_query(args: argparse.Namespace) -> int:
     for h in hits:
         text = h.text if len(h.text) <= 60 else h.text[:57] + "..."
         table.add_row(str(h.rank), h.id, f"{h.score:.4f}", text, h.image)
-    if not console.is_terminal:
-        # in a log or a pipe (make demo's output) rich assumes 80 columns and folds the image path into a
-        # column one character wide; there, a row a hit is worth a wide line
-        console = Console(soft_wrap=True, width=max(console.width, 240))
     console.print(table)
     return 0
 
