@@ -153,16 +153,21 @@ def bench_size(
     result["exact"] = figures
     log(f"{n} items exact: {figures}")
     del exact
+
+    def sweep_row(index, **search_params: int) -> dict:
+        """One search setting of a built index: recall@k against the exact top k, single-query latency."""
+        index.set_search_params(**search_params)
+        _, found = index.search(queries, k)
+        row = {**search_params, f"recall@{k}": round(recall_at_k(found, truth), 4)}
+        return row | percentiles_ms(single_query_latency(index, queries, k, threads=query_threads))
+
     result["ivf"] = []
     for config in ivf:
         params = IndexSpec(kind="ivf", nlist=config.get("nlist")).resolve(n, 1)
         index, built = timed_build(vectors, params)
         sweep = []
         for nprobe in config["nprobe"]:
-            index.set_search_params(nprobe=nprobe)
-            _, found = index.search(queries, k)
-            row = {"nprobe": nprobe, f"recall@{k}": round(recall_at_k(found, truth), 4)}
-            row |= percentiles_ms(single_query_latency(index, queries, k, threads=query_threads))
+            row = sweep_row(index, nprobe=nprobe)
             sweep.append(row)
             log(f"{n} items ivf nlist={params['nlist']}: {row}")
         result["ivf"].append(
@@ -178,10 +183,7 @@ def bench_size(
         sweep = []
         for nprobe in config["nprobe"]:
             for refine in config["refine"]:
-                index.set_search_params(nprobe=nprobe, refine=refine)
-                _, found = index.search(queries, k)
-                row = {"nprobe": nprobe, "refine": refine, f"recall@{k}": round(recall_at_k(found, truth), 4)}
-                row |= percentiles_ms(single_query_latency(index, queries, k, threads=query_threads))
+                row = sweep_row(index, nprobe=nprobe, refine=refine)
                 sweep.append(row)
                 log(f"{n} items ivfpq nlist={params['nlist']} pq_m={params['pq_m']}: {row}")
         result["ivfpq"].append(
@@ -202,10 +204,7 @@ def bench_size(
         index, built = timed_build(vectors, params)
         sweep = []
         for ef in config["ef_search"]:
-            index.set_search_params(ef_search=ef)
-            _, found = index.search(queries, k)
-            row = {"ef_search": ef, f"recall@{k}": round(recall_at_k(found, truth), 4)}
-            row |= percentiles_ms(single_query_latency(index, queries, k, threads=query_threads))
+            row = sweep_row(index, ef_search=ef)
             sweep.append(row)
             log(f"{n} items hnsw m={params['m']}: {row}")
         result["hnsw"].append(
