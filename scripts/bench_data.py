@@ -1,5 +1,6 @@
 """Speed of the data path per DataLoader worker process: the pre-training mix's loader, FashionGen from
-PNG files vs from the uint8 array store, the decode floor, and the image decoders; and the FLOPs of
+PNG files vs from the uint8 array store, the decode floor, and the image decoders (with
+``--baseline-checkout``, another checkout's mix loader in the same rounds); and the FLOPs of
 the frozen VQ tokenizer against the rest of an MPFC step (precomputed MPFC targets or not). JSON out.
 
 All in one process (num_workers=0) on synthetic 256 px data, rounds interleaved (docs/performance.md).
@@ -22,6 +23,7 @@ from rich.table import Table
 
 from fashion_vl.bench.data import (
     ONLY_FASHIONGEN,
+    CheckoutLoader,
     DecodeFloor,
     LoaderStream,
     PillowJpegStream,
@@ -63,6 +65,11 @@ def main(argv: list[str]) -> dict:
     p.add_argument("--profile-batches", type=int, default=0, help="cProfile the mix loader (0: skip)")
     p.add_argument("--only", default="mix,fashiongen,decoders,mpfc", help="parts to run, comma-separated")
     p.add_argument("--mpfc-batch", type=int, default=2, help="batch the MPFC FLOPs are counted at")
+    p.add_argument(
+        "--baseline-checkout",
+        default=None,
+        help="another fashion-vl checkout (its root): its mix loader runs as mix_loader_baseline, a subprocess a round",
+    )
     p.add_argument("--out", default=None)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every loader")
     args = p.parse_args(argv)
@@ -92,10 +99,17 @@ def main(argv: list[str]) -> dict:
         stream = LoaderStream(mix)
         pillow = PillowJpegStream(build_datamodule(args.experiment, mix_dir, overrides))
         floor = DecodeFloor(mix, args.resize, args.crop)
+        distinct_floor = DecodeFloor(mix, args.resize, args.crop, distinct=True)
+        result["mix_products_with_one_file_for_both_views"] = floor.shared_view_share()
         runs["mix_loader"] = lambda: stream.rate(args.batches)
         runs["mix_loader_pillow"] = lambda: pillow.rate(args.batches)
         runs["mix_floor"] = lambda: floor.rate(samples)
+        runs["mix_floor_distinct"] = lambda: distinct_floor.rate(samples)
         warm += [lambda: stream.rate(args.warmup), lambda: pillow.rate(args.warmup), lambda: floor.rate(1)]
+        if args.baseline_checkout:
+            baseline = CheckoutLoader(Path(args.baseline_checkout), args.experiment, mix_dir, args.batch_size)
+            result["baseline_checkout"] = str(baseline.checkout)
+            runs["mix_loader_baseline"] = lambda: baseline.rate(args.batches)
     if "fashiongen" in parts:
         fg_dir = ensure_synthetic(
             args.fashiongen_dir,
@@ -144,6 +158,9 @@ def derived_ratios(rate: dict[str, float]) -> dict[str, float]:
         ratios["mix_loader_over_floor"] = rate["mix_loader"] / rate["mix_floor"]
         ratios["mix_loader_pillow_over_floor"] = rate["mix_loader_pillow"] / rate["mix_floor"]
         ratios["mix_loader_over_pillow"] = rate["mix_loader"] / rate["mix_loader_pillow"]
+        ratios["mix_loader_over_distinct_floor"] = rate["mix_loader"] / rate["mix_floor_distinct"]
+        if "mix_loader_baseline" in rate:
+            ratios["mix_loader_over_baseline"] = rate["mix_loader"] / rate["mix_loader_baseline"]
     if "fashiongen_array" in rate:
         ratios["fashiongen_array_over_files"] = rate["fashiongen_array"] / rate["fashiongen_files"]
         ratios["fashiongen_files_over_floor"] = rate["fashiongen_files"] / rate["fashiongen_floor"]

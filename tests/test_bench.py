@@ -268,7 +268,11 @@ def test_bench_data_pieces_time_loader_floor_and_decoders(synth_dir: Path) -> No
         "loader": lambda: LoaderStream(datamodule).rate(1),
         "pillow": lambda: PillowJpegStream(datamodule).rate(1),
         "floor": lambda: DecodeFloor(datamodule, 40, 32).rate(2),
+        "distinct_floor": lambda: DecodeFloor(datamodule, 40, 32, distinct=True).rate(2),
     }
+    floor = DecodeFloor(datamodule, 40, 32)
+    shared = [len(set(paths)) == 1 for paths in floor.paths]
+    assert floor.shared_view_share() == pytest.approx(sum(shared) / len(shared))
     figures = interleaved(runs, rounds=2)
     assert images.decode_jpeg is decode_jpeg  # the Pillow A/B puts the decoder back
     for name, fig in figures.items():
@@ -278,6 +282,14 @@ def test_bench_data_pieces_time_loader_floor_and_decoders(synth_dir: Path) -> No
     rates = decoder_rates({"jpeg_64px": jpegs}, rounds=1, resize=32)
     assert {"pil", "pil+draft", "simplejpeg (jpeg only)"} <= set(rates["jpeg_64px"])
     assert set(rates["jpeg_64px (per CPU-s)"]) == set(rates["jpeg_64px"])
+
+
+def test_a_baseline_checkout_without_its_config_is_refused_with_the_fix(tmp_path: Path) -> None:
+    from fashion_vl.bench.data import CheckoutLoader
+
+    (tmp_path / "src" / "fashion_vl").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"no conf/__init__.py \(--baseline-checkout takes the root"):
+        CheckoutLoader(tmp_path, "pretrain_fashionall", tmp_path, 4)
 
 
 @pytest.mark.slow
@@ -293,12 +305,13 @@ def test_bench_data_reports_every_path_ratio_and_decoder(synth_dir: Path, tmp_pa
          "--batches", "1", "--warmup", "0", "--rounds", "1", "--decoder-images", "3",
          "--draft-sides", "160", "--scratch-dir", str(tmp_path / "scratch"), "--profile-batches", "1",
          "--resize", "72", "--crop", "64", "--only", "mix,fashiongen,decoders", "--out", str(out),
+         "--baseline-checkout", str(ROOT),
          "image_size=64", "resize_size=72"],
         check=True, cwd=tmp_path, capture_output=True,
     )  # fmt: skip
     result = json.loads(out.read_text())
-    paths = {"mix_loader", "mix_loader_pillow", "mix_floor", "fashiongen_files", "fashiongen_array",
-             "fashiongen_floor"}  # fmt: skip
+    paths = {"mix_loader", "mix_loader_pillow", "mix_floor", "mix_floor_distinct", "mix_loader_baseline",
+             "fashiongen_files", "fashiongen_array", "fashiongen_floor"}  # fmt: skip
     assert set(result["paths"]) == paths
     assert all(p["samples_per_s"] > 0 and p["samples_per_cpu_s"] > 0 for p in result["paths"].values())
     rates = {k: v["samples_per_s"] for k, v in result["paths"].items()}
@@ -307,6 +320,10 @@ def test_bench_data_reports_every_path_ratio_and_decoder(synth_dir: Path, tmp_pa
     assert ratios["fashiongen_array_over_files"] == pytest.approx(
         rates["fashiongen_array"] / rates["fashiongen_files"]
     )
+    assert ratios["mix_loader_over_baseline"] == pytest.approx(
+        rates["mix_loader"] / rates["mix_loader_baseline"]
+    )
+    assert 0 <= result["mix_products_with_one_file_for_both_views"] <= 1
     assert set(result["ratios_cpu"]) == set(ratios)
     assert result["mix_loader_profile"] and result["mix_loader_profile"][0]["own_s"] > 0
     decoders = result["decoders_images_per_s"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fashion_vl.data.datasets import ImageReader, ProductDataset
 from fashion_vl.data.formats import FashionGenSource
-from fashion_vl.data.images import decode_jpeg, draft_scale, read_image
+from fashion_vl.data.images import ImageLoadError, decode_jpeg, decode_png, draft_scale, read_image
 from fashion_vl.data.synth.render import render, sample_view
 from fashion_vl.data.synth.taxonomy import sample_garment
 from fashion_vl.data.transforms import (
@@ -91,6 +91,39 @@ def test_jpeg_decoder_gives_pillows_pixels(tmp_path: Path) -> None:
     for name in ("grey.jpg", "cmyk.jpg"):
         assert torch.equal(read_image(tmp_path / name), pillow_decode(tmp_path / name)), name
     assert decode_jpeg((tmp_path / "cmyk.jpg").read_bytes()) is None  # Pillow's conversion decides
+
+
+def test_png_decoder_gives_pillows_pixels(tmp_path: Path) -> None:
+    """pyspng (the read path's PNG decoder) against Pillow's ``convert("RGB")`` for every colour type
+    it takes (grey, RGB, RGBA, with transparency chunks), and the files it leaves to Pillow (grey+alpha,
+    palette, 16-bit, damaged)."""
+    rng = random.Random(1)
+    picture = render(sample_garment(rng), sample_view(rng, 0), 96, seed=3).convert("RGB")
+    rgba = picture.copy()
+    rgba.putalpha(Image.linear_gradient("L").resize(picture.size))
+    files = {
+        "rgb.png": (picture, {}),
+        "rgb_trns.png": (picture, {"transparency": (255, 255, 255)}),
+        "rgba.png": (rgba, {}),
+        "grey.png": (picture.convert("L"), {}),
+        "grey_trns.png": (picture.convert("L"), {"transparency": 0}),
+        "grey_alpha.png": (rgba.convert("LA"), {}),
+        "palette.png": (picture.convert("P"), {}),
+        "grey16.png": (picture.convert("I;16"), {}),
+        "rgb_compressed.png": (picture, {"compress_level": 9, "optimize": True}),
+    }
+    for name, (image, options) in files.items():
+        image.save(tmp_path / name, **options)
+        assert torch.equal(read_image(tmp_path / name), pillow_decode(tmp_path / name)), name
+    taken = {name for name in files if decode_png((tmp_path / name).read_bytes()) is not None}
+    assert taken == set(files) - {"grey_alpha.png", "palette.png", "grey16.png"}
+    data = (tmp_path / "rgb.png").read_bytes()
+    assert decode_png(data[: len(data) // 2]) is None  # truncated: Pillow reads it and names the error
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageLoadError, match=r"truncated\.png: cannot decode"):
+        read_image(tmp_path / "truncated.png")
+    with pytest.raises(ImageLoadError, match="above the limit"):  # from IHDR, before decoding
+        read_image(tmp_path / "rgb.png", max_pixels=96 * 96 - 1)
 
 
 @pytest.mark.parametrize("jpeg_draft", [True, False])

@@ -312,7 +312,7 @@ def test_unifashion_generation_as_the_evaluation_draws(tmp_path: Path, synth_dir
     texts = ["a red shirt", "blue denim jeans"]
     with torch.no_grad():  # as UniFashionPretrainModule._generate draws
         queries = lit.net.qformer.query_states(lit.net.image_tokens(batch["image"][:2]))
-        expected = lit.objectives["diffusion"].branch.sample(
+        expected = lit.net.diffusion.sample(
             queries, texts, num_steps=2, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)
         )
     same(model.generate(images[:2], texts, num_steps=2, guidance_scale=2.0, seed=0), expected)

@@ -19,9 +19,13 @@ from __future__ import annotations
 import cProfile
 import importlib
 import itertools
+import json
+import os
 import pstats
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -120,9 +124,14 @@ class DecodeFloor:
 
     Products are drawn from the loader's own sampler order and views as the dataset draws them, so
     the floor reads the same population of files (JPEG and PNG in the reference's proportions).
+    The issue's floor decodes every view; ``distinct``: a file drawn for both views of a product is
+    decoded once and cropped twice, as the loader does (the stricter floor).
     """
 
-    def __init__(self, datamodule: ProductDataModule, resize: int, crop: int, views: int = 2) -> None:
+    def __init__(
+        self, datamodule: ProductDataModule, resize: int, crop: int, views: int = 2, distinct: bool = False
+    ) -> None:
+        self.distinct = distinct
         dataset = datamodule.train_set
         sampler = datamodule.train_dataloader().sampler
         self.paths: list[list[Path]] = []
@@ -135,11 +144,19 @@ class DecodeFloor:
         self.rng = random.Random(0)
         self._cycle = itertools.cycle(self.paths)
 
+    def shared_view_share(self) -> float:
+        """The share of products whose views are all one file."""
+        return sum(len(set(paths)) == 1 for paths in self.paths) / len(self.paths)
+
     def sample(self) -> list[Image.Image]:
         out = []
+        decoded: dict[Path, Image.Image] = {}
         for path in next(self._cycle):
-            with Image.open(path) as img:
-                img = img.convert("RGB").resize((self.resize, self.resize), Image.Resampling.BILINEAR)
+            img = decoded.get(path) if self.distinct else None
+            if img is None:
+                with Image.open(path) as opened:
+                    img = opened.convert("RGB").resize((self.resize, self.resize), Image.Resampling.BILINEAR)
+                decoded[path] = img
             x, y = (
                 self.rng.randrange(self.resize - self.crop + 1),
                 self.rng.randrange(self.resize - self.crop + 1),
@@ -152,6 +169,64 @@ class DecodeFloor:
             for _ in range(samples):
                 self.sample()
         return clock.rate
+
+
+# Run in a subprocess with another checkout's ``src`` on PYTHONPATH: only the API every version has.
+# ``fashion_vl.conf`` is mapped to that checkout's ``conf/`` (the project's editable install maps it
+# to this checkout's, whose configs name classes the other may not have).
+CHECKOUT_LOADER_SCRIPT = """
+import importlib.util, json, sys, time
+experiment, data_dir, batch, batches, conf = sys.argv[1:6]
+batch, batches = int(batch), int(batches)
+spec = importlib.util.spec_from_file_location(
+    "fashion_vl.conf", conf + "/__init__.py", submodule_search_locations=[conf]
+)
+sys.modules["fashion_vl.conf"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sys.modules["fashion_vl.conf"])
+import torch
+from hydra.utils import instantiate
+from fashion_vl.bench.training import compose_experiment
+torch.set_num_threads(1)
+overrides = [f"data.batch_size={batch}", "data.num_workers=0", "data.pin_memory=false"]
+datamodule = instantiate(compose_experiment(experiment, data_dir, overrides).data, _convert_="partial")
+datamodule.setup("fit")
+batches_iter = iter(datamodule.train_dataloader())
+next(batches_iter)
+wall, cpu = time.perf_counter(), time.process_time()
+for _ in range(batches):
+    next(batches_iter)
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps({"per_s": batch * batches / wall, "per_cpu_s": batch * batches / cpu}))
+"""
+
+
+class CheckoutLoader:
+    """The same loader from another checkout of fashion-vl (its root folder; e.g. a ``git worktree``
+    of the commit before a change), one subprocess per round: after an untimed first batch it times
+    ``batches`` batches in its own process, so its rounds interleave with this process's paths and
+    the start-up (imports, config, dataset index) is not counted."""
+
+    def __init__(self, checkout: Path, experiment: str, data_dir: Path, batch_size: int) -> None:
+        self.checkout = Path(checkout).resolve()
+        self.src, self.conf = self.checkout / "src", self.checkout / "conf"
+        for need in (self.src / "fashion_vl", self.conf / "__init__.py"):
+            if not need.exists():
+                raise FileNotFoundError(
+                    f"{self.checkout}: no {need.relative_to(self.checkout)} (--baseline-checkout takes the root "
+                    "of a fashion-vl checkout: git worktree add /tmp/fvl-before <commit>)"
+                )
+        self.experiment, self.data_dir, self.batch_size = experiment, data_dir, batch_size
+
+    def rate(self, batches: int) -> Rate:
+        env = {**os.environ, "PYTHONPATH": str(self.src), "OMP_NUM_THREADS": "1"}
+        args = [self.experiment, str(self.data_dir), str(self.batch_size), str(batches), str(self.conf)]
+        done = subprocess.run(
+            [sys.executable, "-c", CHECKOUT_LOADER_SCRIPT, *args], env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the loader of {self.checkout} failed:\n{done.stderr[-2000:]}")
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+        return Rate(figures["per_s"], figures["per_cpu_s"])
 
 
 def interleaved(paths: dict[str, Callable[[], Rate | float]], rounds: int) -> dict[str, dict[str, Any]]:

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fashion_vl.data.images import stack_images
 from fashion_vl.data.masking import BlockMasking, WholeWordMasking, soft_attribute_targets
 
 
@@ -106,9 +107,9 @@ class ImageTextCollator:
         self.num_attributes = num_attributes
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = {"image": torch.stack([s["image"] for s in samples])}
+        batch: dict[str, Any] = {"image": stack_images([s["image"] for s in samples])}
         for key in sorted(k for k in samples[0] if k.startswith("image_view")):
-            batch[key] = torch.stack([s[key] for s in samples])
+            batch[key] = stack_images([s[key] for s in samples])
         batch.update(self.text([s["text"] for s in samples]))
         if self.return_text:
             batch["text"] = [s["text"] for s in samples]
@@ -143,7 +144,7 @@ class GalleryCollator:
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         images = [img for s in samples for img in s["images"]]
         batch: dict[str, Any] = {
-            "image": torch.stack(images) if images else torch.empty(0),
+            "image": stack_images(images),
             "image_product_id": torch.tensor(
                 [s["product_id"] for s in samples for _ in s["images"]], dtype=torch.long
             ),
@@ -176,8 +177,8 @@ class ComposedCollator:
         bad = [path for s in samples for path in s["bad_images"]]
         if "reference_image" in samples[0]:
             batch = {
-                "reference_image": torch.stack([s["reference_image"] for s in samples]),
-                "target_image": torch.stack([s["target_image"] for s in samples]),
+                "reference_image": stack_images([s["reference_image"] for s in samples]),
+                "target_image": stack_images([s["target_image"] for s in samples]),
                 **self.text([s["text"] for s in samples]),
             }
             if "target_caption" in samples[0]:  # UniFashion phase 2
@@ -191,7 +192,7 @@ class ComposedCollator:
         queries = [s["query"] for s in samples if "query" in s]
         gallery = [s["gallery"] for s in samples if "gallery" in s]
         batch = {"bad_images": bad}
-        batch["query_image"] = torch.stack([img for img, _ in queries]) if queries else torch.empty(0)
+        batch["query_image"] = stack_images([img for img, _ in queries])
         batch.update(
             self.text([q.text for _, q in queries])
             if queries
@@ -202,7 +203,7 @@ class ComposedCollator:
         )
         for field in ("positive", "group", "exclude"):
             batch[f"query_{field}"] = torch.tensor([getattr(q, field) for _, q in queries], dtype=torch.long)
-        batch["gallery_image"] = torch.stack([img for img, _ in gallery]) if gallery else torch.empty(0)
+        batch["gallery_image"] = stack_images([img for img, _ in gallery])
         for field in ("key", "positive", "group"):
             batch[f"gallery_{field}"] = torch.tensor(
                 [getattr(g, field) for _, g in gallery], dtype=torch.long

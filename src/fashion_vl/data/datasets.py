@@ -38,11 +38,15 @@ def as_key(key: SampleKey | int) -> SampleKey:
 def seeded_transform(transform: Transform, image: torch.Tensor, seed: int) -> torch.Tensor:
     """Apply a random torchvision transform with its randomness drawn from ``seed``.
 
-    torchvision's random transforms use the global torch generator; forking it keeps the caller's
+    A transform with a ``seeded(image, seed)`` method is asked for that. Otherwise: torchvision's
+    random transforms use the global torch generator; forking it keeps the caller's
     stream (dropout, task sampling in the main process with ``num_workers=0``) untouched. Only the CPU
     generator is seeded: ``torch.manual_seed`` would also queue lazy CUDA/XPU/MTIA seeding, which
     records a stack trace per call (measured: ~7% of a CPU demo pre-training step).
     """
+    seeded = getattr(transform, "seeded", None)
+    if seeded is not None:  # draws from a private generator (transforms.ResizeCropFlip): no fork needed
+        return seeded(image, seed)
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         return transform(image)
@@ -120,11 +124,20 @@ class ImageReader:
         order: Sequence[int],
         bad: list[str],
         draft: tuple[int, int] | None = None,
+        loaded: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The first image of ``product`` in ``order`` that loads; failed paths are appended to ``bad``."""
+        """The first image of ``product`` in ``order`` that loads; failed paths are appended to ``bad``.
+        ``loaded``: images already decoded for this sample, by name (filled in here), so two views of
+        the same image decode it once (the transforms never write into their input)."""
         for i in order:
+            name = product.images[i]
+            if loaded is not None and name in loaded:
+                return loaded[name]
             try:
-                return self.load(table, product.images[i], draft)
+                image = self.load(table, name, draft)
+                if loaded is not None:
+                    loaded[name] = image
+                return image
             except ImageLoadError as err:
                 if self.strict:
                     raise self.strict_error(err) from err
@@ -192,11 +205,11 @@ class ProductDataset(Dataset):
             table, product = self.product(index)
             try:
                 n = len(product.images)
-                views = []
+                views, loaded = [], {}
                 for _ in range(self.num_views):
                     first = rng.randrange(n)
                     order = [first, *range(n)]
-                    views.append(self.reader.first_loadable(table, product, order, bad, self.draft))
+                    views.append(self.reader.first_loadable(table, product, order, bad, self.draft, loaded))
                 break
             except UnloadableProductError:
                 index = rng.randrange(len(self))

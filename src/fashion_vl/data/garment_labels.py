@@ -25,6 +25,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from fashion_vl.data.base import FashionDataModule
 from fashion_vl.data.datasets import ProductDataset, ProductGalleryDataset, as_key
 from fashion_vl.data.formats.products import ProductSource
+from fashion_vl.data.images import stack_images
 from fashion_vl.data.synth.taxonomy import ATTRIBUTE_INDEX, CATEGORIES, COLOURS, PATTERNS, SUBCATEGORIES
 
 # attribute name -> class names; class ids are positions here
@@ -104,7 +105,7 @@ class GarmentLabelCollator:
             images += views
             for name, value in s["labels"].items():
                 labels[name] += [value] * len(views)
-        batch: dict[str, Any] = {"image": torch.stack(images) if images else torch.empty(0)}
+        batch: dict[str, Any] = {"image": stack_images(images)}
         batch.update({name: torch.tensor(v, dtype=torch.long) for name, v in labels.items()})
         batch["bad_images"] = [path for s in samples for path in s["bad_images"]]
         return batch

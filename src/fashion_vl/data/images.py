@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyspng
 import simplejpeg
 import torch
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import get_worker_info
 
 # Tried in this order after the path as written; the reference strips the extension and tries these.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -120,14 +123,50 @@ def decode_jpeg(
         return None
 
 
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# PNG colour types (IHDR) whose 8-bit pixels pyspng gives as Pillow's ``convert("RGB")`` does, once
+# grey is repeated over three channels and alpha dropped (tests/test_image_decoding.py); palette
+# (3), grey+alpha (4, no libspng output format) and 16-bit files go to Pillow.
+PNG_GREY, PNG_RGB, PNG_RGBA = 0, 2, 6
+PYSPNG_COLOR_TYPES = {PNG_GREY: "L", PNG_RGB: "RGB", PNG_RGBA: "RGBA"}
+
+
+def decode_png(data: bytes, max_pixels: int | None = None) -> np.ndarray | None:
+    """``uint8 [H, W, 3]`` RGB of an 8-bit grey, RGB or RGBA PNG, by pyspng (libspng);
+    ``None`` for any other PNG, or one it cannot decode, so that Pillow decides (and words the error).
+
+    FashionGen's images are 256-px RGB PNGs: libspng decodes them about 3x faster than Pillow
+    (``scripts/bench_data.py``), with the same pixels (PNG is lossless; neither applies gAMA).
+    Images above ``max_pixels`` or Pillow's bomb warning size are left to Pillow's checks.
+    """
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    pixels = int.from_bytes(data[16:20], "big") * int.from_bytes(data[20:24], "big")
+    if (max_pixels is not None and pixels > max_pixels) or pixels > (Image.MAX_IMAGE_PIXELS or pixels):
+        return None  # :func:`open_image` refuses it from the same header, in the usual words
+    bit_depth, color_type = data[24], data[25]
+    if bit_depth != 8 or color_type not in PYSPNG_COLOR_TYPES:
+        return None
+    try:
+        # the file's own format: libspng's conversions (tRNS to alpha...) are not Pillow's
+        array = pyspng.load(data, format=PYSPNG_COLOR_TYPES[color_type])
+    except RuntimeError:  # damaged: Pillow reads it again and names the problem
+        return None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] == 1:  # grey: Pillow's "L" to "RGB" repeats the value
+        return np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3]) if array.shape[2] == 4 else array
+
+
 def read_image(
     path: Path, draft_size: tuple[int, int] | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> torch.Tensor:
     """Decode to a ``uint8 [3, H, W]`` RGB tensor.
 
-    JPEGs go through :func:`decode_jpeg` (simplejpeg); Pillow decodes every other format the
-    reference accepts, and the JPEGs simplejpeg declines (torchvision 0.29 deprecates its own
-    decoders). Decoding is complete here, so a truncated file fails now, not inside a transform.
+    JPEGs go through :func:`decode_jpeg` (simplejpeg), 8-bit PNGs through :func:`decode_png`
+    (pyspng); Pillow decodes every other format the reference accepts, and the files those two
+    decline (torchvision 0.29 deprecates its own decoders). Decoding is complete here, so a truncated file fails now, not inside a transform.
 
     ``draft_size``: ``(width, height)`` the caller resizes to anyway. A JPEG at least twice as large
     in both sides is then decoded at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (what Pillow's
@@ -141,7 +180,22 @@ def read_image(
         data = Path(path).read_bytes()
     except OSError as err:
         raise ImageLoadError(path, f"cannot read ({type(err).__name__}: {str(err)[:120]})") from err
-    array = decode_jpeg(data, draft_size, max_pixels, path) if data[:3] == JPEG_MAGIC else None
+    return decode_image(data, path, draft_size, max_pixels)
+
+
+def decode_image(
+    data: bytes,
+    path: Path | str,
+    draft_size: tuple[int, int] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """:func:`read_image` of a file's bytes already read (``path`` names it in errors)."""
+    if data[:3] == JPEG_MAGIC:
+        array = decode_jpeg(data, draft_size, max_pixels, path)
+    elif data[:8] == PNG_MAGIC:
+        array = decode_png(data, max_pixels)
+    else:
+        array = None
     if array is None:
         try:
             with open_image(io.BytesIO(data), max_pixels, path) as img:
@@ -164,4 +218,33 @@ def load_image(
     draft_size: tuple[int, int] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
-    return read_image(resolve_image(image_dir, name), draft_size, max_pixels)
+    """:func:`read_image` of :func:`resolve_image`'s file. The name as written is read first, with no
+    look-up: the usual case costs one ``open`` instead of a ``stat`` and an ``open``."""
+    path = image_dir / name
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError:  # missing (another extension?), a folder, unreadable: resolve_image decides
+        return read_image(resolve_image(image_dir, name), draft_size, max_pixels)
+    return decode_image(data, path, draft_size, max_pixels)
+
+
+def stack_images(images: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``[B, C, H, W]`` of ``[C, H, W]`` images, stored channels-last (NHWC; ``torch.channels_last``).
+
+    The decoders give ``[H, W, C]`` pixels and the reader's ``[C, H, W]`` is a view of them, which crop
+    and flip keep; stacking them in NHWC order copies each image as it lies, where ``torch.stack``
+    would transpose every one to NCHW (9x slower for 64 224-px views, ``scripts/bench_data.py``).
+    The values and shape are ``torch.stack``'s; image encoders run channels-last anyway. In a
+    DataLoader worker the batch is stacked straight into shared memory, as ``default_collate`` does,
+    instead of being copied there when the worker hands it over.
+    """
+    if not images:
+        return torch.empty(0)
+    pixels = [image.permute(1, 2, 0) for image in images]
+    out = None
+    if get_worker_info() is not None:
+        first = pixels[0]
+        storage = first._typed_storage()._new_shared(len(pixels) * first.numel(), device=first.device)
+        out = first.new(storage).view(len(pixels), *first.shape)
+    return torch.stack(pixels, out=out).permute(0, 3, 1, 2)

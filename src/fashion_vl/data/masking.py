@@ -8,11 +8,17 @@
   ``num_masked`` cells are covered: each block has an area drawn in ``[min_block, remaining]`` (at most
   ``max_block``) and a log-uniform aspect ratio in ``[min_aspect, 1/min_aspect]``; a block is placed
   only if it adds between 1 and the remaining number of new cells, with up to 10 attempts.
+
+Both draw from Python's ``random.Random`` seeded with the sample's seed and a tag per task, in plain
+Python: a batch's masks are a few hundred scalar draws, which NumPy's ``Generator`` made 4-5x slower
+(about 37 us to create one per row, 1-4 us a scalar draw; the masks were a fifth of a loader
+worker's time, ``scripts/bench_data.py``).
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,11 +67,11 @@ class WholeWordMasking:
         ids = input_ids.numpy().copy()
         labels = np.full_like(ids, IGNORE_INDEX)
         real = attention_mask.numpy().astype(bool) & ~np.isin(ids, self.special_ids)
+        continuation = self.is_continuation[ids]
         for row, seed in enumerate(seeds):
-            rng = np.random.default_rng([int(seed), 0x4D4C4D])
-            positions = np.flatnonzero(real[row])
-            words = _group_words(positions, self.is_continuation[ids[row, positions]])
-            for word in words:
+            rng = random.Random(task_seed(seed, MLM_TAG))
+            positions = np.flatnonzero(real[row]).tolist()
+            for word in _group_words(positions, continuation[row, positions].tolist()):
                 if rng.random() >= self.probability:
                     continue
                 labels[row, word] = ids[row, word]
@@ -73,13 +79,21 @@ class WholeWordMasking:
                 if action < self.mask_ratio:
                     ids[row, word] = self.mask_id
                 elif action < self.mask_ratio + self.random_ratio:
-                    ids[row, word] = rng.integers(0, self.vocab_size, size=len(word))
+                    ids[row, word] = [rng.randrange(self.vocab_size) for _ in word]
         return torch.from_numpy(ids), torch.from_numpy(labels)
 
 
-def _group_words(positions: np.ndarray, continuation: np.ndarray) -> list[list[int]]:
+MLM_TAG, MPFC_TAG = 0x4D4C4D, 0x4D5046  # "MLM", "MPF": each task's draws apart from the other's
+
+
+def task_seed(seed: int, tag: int) -> int:
+    """One ``random.Random`` seed per (sample seed, task): distinct for distinct pairs."""
+    return (int(seed) << 24) ^ tag
+
+
+def _group_words(positions: list[int], continuation: list[bool]) -> list[list[int]]:
     words: list[list[int]] = []
-    for pos, cont in zip(positions.tolist(), continuation.tolist()):
+    for pos, cont in zip(positions, continuation):
         if cont and words and words[-1][-1] == pos - 1:
             words[-1].append(pos)
         else:
@@ -113,8 +127,9 @@ class BlockMasking:
         self.log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
         self.attempts = attempts
 
-    def one(self, rng: np.random.Generator) -> np.ndarray:
-        mask = np.zeros((self.height, self.width), dtype=bool)
+    def one(self, rng: random.Random) -> list[bool]:
+        """One mask, row-major over the grid."""
+        mask = [False] * (self.height * self.width)
         covered = 0
         while covered < self.num_masked:
             budget = min(self.num_masked - covered, self.max_block)
@@ -122,9 +137,9 @@ class BlockMasking:
             if added == 0:
                 break
             covered += added
-        return mask.reshape(-1)
+        return mask
 
-    def _place_block(self, mask: np.ndarray, budget: int, rng: np.random.Generator) -> int:
+    def _place_block(self, mask: list[bool], budget: int, rng: random.Random) -> int:
         for _ in range(self.attempts):
             # uniform between min_block and budget, also when budget < min_block (the last small block)
             area = self.min_block + (budget - self.min_block) * rng.random()
@@ -133,19 +148,20 @@ class BlockMasking:
             w = round(math.sqrt(area / aspect))
             if not (0 < h < self.height and 0 < w < self.width):
                 continue
-            top = int(rng.integers(0, self.height - h + 1))
-            left = int(rng.integers(0, self.width - w + 1))
-            block = mask[top : top + h, left : left + w]
-            new = h * w - int(block.sum())
+            top = rng.randrange(self.height - h + 1)
+            left = rng.randrange(self.width - w + 1)
+            starts = range(top * self.width + left, (top + h) * self.width + left, self.width)
+            new = h * w - sum(sum(mask[start : start + w]) for start in starts)
             if 0 < new <= budget:
-                block[...] = True
+                for start in starts:
+                    mask[start : start + w] = [True] * w
                 return new
         return 0
 
     def __call__(self, seeds: Sequence[int]) -> torch.Tensor:
         """``[B, H*W]`` bool masks, row ``i`` drawn from ``seeds[i]``."""
-        rows = [self.one(np.random.default_rng([int(s), 0x4D5046])) for s in seeds]
-        return torch.from_numpy(np.stack(rows))
+        rows = [self.one(random.Random(task_seed(s, MPFC_TAG))) for s in seeds]
+        return torch.tensor(rows, dtype=torch.bool).view(len(rows), self.height * self.width)
 
 
 def soft_attribute_targets(

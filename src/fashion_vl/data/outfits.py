@@ -22,7 +22,7 @@ from fashion_vl.data.base import FashionDataModule
 from fashion_vl.data.datasets import ImageReader, as_key, seeded_transform
 from fashion_vl.data.formats._json import DataFormatError
 from fashion_vl.data.formats.polyvore import polyvore_dir, read_ocir, read_polyvore_metadata
-from fashion_vl.data.images import ImageLoadError
+from fashion_vl.data.images import ImageLoadError, stack_images
 from fashion_vl.data.records import OutfitQuestion
 from fashion_vl.data.samplers import SampleKey
 
@@ -138,8 +138,8 @@ def collate_outfits(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     bad = [p for s in samples for p in s["bad_images"]]
     if "question_image" in samples[0]:
         return {
-            "question_image": torch.stack([s["question_image"] for s in samples]),
-            "blank_image": torch.stack([s["blank_image"] for s in samples]),
+            "question_image": stack_images([s["question_image"] for s in samples]),
+            "blank_image": stack_images([s["blank_image"] for s in samples]),
             "question_category": torch.tensor([s["question_category"] for s in samples]),
             "blank_category": torch.tensor([s["blank_category"] for s in samples]),
             "blank_id": torch.tensor([s["blank_id"] for s in samples]),
@@ -148,14 +148,14 @@ def collate_outfits(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     samples = [s for s in samples if s["blank_image"] is not None]
     images = [img for s in samples for img in s["question_images"]]
     return {
-        "question_image": torch.stack(images) if images else torch.empty(0),
+        "question_image": stack_images(images),
         "question_category": torch.tensor(
             [c for s in samples for c in s["question_categories"]], dtype=torch.long
         ),
         "question_entry": torch.tensor(
             [i for i, s in enumerate(samples) for _ in s["question_images"]], dtype=torch.long
         ),
-        "blank_image": torch.stack([s["blank_image"] for s in samples]) if samples else torch.empty(0),
+        "blank_image": stack_images([s["blank_image"] for s in samples]),
         "blank_category": torch.tensor([s["blank_category"] for s in samples], dtype=torch.long),
         "blank_id": torch.tensor([s["blank_id"] for s in samples], dtype=torch.long),
         "fake_data": torch.tensor([s["fake_data"] for s in samples], dtype=torch.bool),

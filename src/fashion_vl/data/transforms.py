@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 # Mean/std every FashionViL dataset config uses (applied by the model: ImageNormalize).
 FASHION_MEAN = (0.46777044, 0.44531429, 0.40661017)
@@ -34,19 +35,56 @@ def draft_size(transform: object) -> tuple[int, int] | None:
     return int(size[1]), int(size[0])
 
 
+class ResizeCropFlip(v2.Compose):
+    """``Resize((resize, resize))``, ``RandomCrop(size)``, then ``RandomHorizontalFlip()`` if ``hflip``:
+    :func:`resize_crop`'s training pipeline (pre-training, retrieval), a :class:`v2.Compose` of those ops.
+
+    :meth:`seeded` is what the datasets call (through
+    :func:`~fashion_vl.data.datasets.seeded_transform`): the same pixels as this Compose run on torch's
+    global generator seeded with ``seed`` (tests/test_transforms.py), with the same draws made from a
+    private ``torch.Generator`` and torchvision's kernels called directly. Why by hand: v2's per-call
+    machinery (input flattening and checks, parameter dicts, kernel dispatch for each of the three
+    ops) and the fork of the global generator cost about 200 us a view on one core, three times the
+    work itself and more than decoding a 256-px JPEG (``scripts/bench_data.py``).
+    """
+
+    def __init__(self, size: int = 224, resize: int = 256, hflip: bool = True) -> None:
+        if size > resize:
+            raise ValueError(f"resize_crop: the crop size ({size}) is larger than the resize ({resize})")
+        ops: list = [v2.Resize((resize, resize), antialias=True), v2.RandomCrop(size)]
+        super().__init__(ops + ([v2.RandomHorizontalFlip()] if hflip else []))
+        self.size, self.resize, self.hflip = size, resize, hflip
+
+    def _offset(self, generator: torch.Generator) -> int:
+        if self.resize == self.size:
+            return 0
+        return int(torch.randint(0, self.resize - self.size + 1, size=(), generator=generator))
+
+    def seeded(self, image: torch.Tensor, seed: int) -> torch.Tensor:
+        """This transform of a ``[..., H, W]`` tensor with its randomness drawn from ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        image = F.resize_image(image, [self.resize, self.resize], antialias=True)  # same size: as is
+        # RandomCrop's draws (top, then left; none where the side is already the crop's), then the
+        # flip's (RandomHorizontalFlip skips when rand >= p, with p = 0.5)
+        top = self._offset(generator)
+        left = self._offset(generator)
+        image = F.crop_image(image, top, left, self.size, self.size)
+        if self.hflip and torch.rand(1, generator=generator).item() < 0.5:
+            image = F.horizontal_flip_image(image)
+        return image
+
+
 def resize_crop(
     train: bool,
     size: int = 224,
     resize: int = 256,
     hflip: bool = True,
 ) -> v2.Compose:
-    """Pre-training/retrieval: Resize(resize, resize) then RandomCrop+HFlip (train) or CenterCrop (eval)."""
-    ops: list = [v2.Resize((resize, resize), antialias=True)]
+    """Pre-training/retrieval: Resize(resize, resize) then RandomCrop+HFlip (train,
+    :class:`ResizeCropFlip`) or CenterCrop (eval)."""
     if train:
-        ops += [v2.RandomCrop(size)] + ([v2.RandomHorizontalFlip()] if hflip else [])
-    else:
-        ops.append(v2.CenterCrop(size))
-    return v2.Compose(ops)
+        return ResizeCropFlip(size, resize, hflip)
+    return v2.Compose([v2.Resize((resize, resize), antialias=True), v2.CenterCrop(size)])
 
 
 def random_resized_crop(

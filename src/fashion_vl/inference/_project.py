@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from types import SimpleNamespace
 
-from fashion_vl.data.images import ImageLoadError, read_image
+from fashion_vl.data.images import ImageLoadError, read_image, stack_images
 
 # the config of the run, stored in every Lightning checkpoint by lit.callbacks.ConfigInCheckpoint
 STORED_CONFIG_KEY = "fvl_config"
@@ -82,4 +82,5 @@ __all__ = [
     "ImageLoadError",
     "api",
     "read_image",
+    "stack_images",
 ]

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from huggingface_hub import ModelHubMixin
 from torch import nn
 
+from fashion_vl.inference._project import stack_images
 from fashion_vl.inference.preprocess import (
     ImageLike,
     build_eval_transform,
@@ -146,7 +147,7 @@ class Embedder(
                 f"images {offset}..{offset + len(batch) - 1}: raw images (paths, PIL, uint8 tensors) and "
                 "preprocessed float tensors cannot be mixed in one call"
             )
-        return torch.stack(batch).to(self.device, non_blocking=True)
+        return stack_images(batch).to(self.device, non_blocking=True)  # the training batches' layout
 
     def tokens(self, texts: Sequence[str], offset: int = 0) -> dict[str, torch.Tensor]:
         """``input_ids`` / ``attention_mask`` on the device for a batch of texts."""
