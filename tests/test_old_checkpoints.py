@@ -15,6 +15,7 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from lightning import Callback
 from safetensors.torch import load_file
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fashion_vl.build import build
 from fashion_vl.losses import StepContext
@@ -308,15 +309,31 @@ def todays(override: str) -> str:
 
 
 FIRST_LOSSES = json.loads((FIXTURES / "first_losses.json").read_text())
+# Runs whose streams a later change moved on purpose: the losses this code gives, and why they moved
+RERECORDED = json.loads((FIXTURES / "first_losses_rerecorded.json").read_text())
+
+
+def loader_without_its_generator(*args, generator=None, **kwargs):
+    """A training loader whose iterators draw their base seed from the global generator, as the code
+    before the restructuring did. Since then loaders carry their own generator (data/base.py), on
+    purpose: a run with and without workers leaves dropout the same stream. The old code's extra
+    global draw is all that moved the other runs (checked: with it back, they give its losses)."""
+    return StatefulDataLoader(*args, **kwargs)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("run", sorted(FIRST_LOSSES))
-def test_first_losses_are_the_old_codes(run: str, tmp_path: Path, synth_dir: Path, tmp_path_factory) -> None:
+def test_first_losses_are_the_old_codes(
+    run: str, tmp_path: Path, synth_dir: Path, tmp_path_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The random streams and the initialisation order did not move: a few steps of each shrunk demo
-    give the losses the code before the restructuring gave, to the last bit (same machine and
-    libraries; on others, within float noise)."""
+    give the losses the code before the restructuring gave, within float rounding (same machine and
+    libraries; on others, within float noise), once the loader's own generator is taken away
+    (:func:`loader_without_its_generator`). A run a later change moved on purpose is compared with
+    the losses recorded after that change (``first_losses_rerecorded.json`` says why)."""
     from fashion_vl.cli.train import train
+
+    monkeypatch.setattr("fashion_vl.data.base.StatefulDataLoader", loader_without_its_generator)
 
     data = synth_dir
     if "tryon" in run:
@@ -333,4 +350,5 @@ def test_first_losses_are_the_old_codes(run: str, tmp_path: Path, synth_dir: Pat
     _, objects = train(compose_config("train", [*overrides, *QUIET, *extra], tmp_path, data))
     GlobalHydra.instance().clear()
     recorder = next(c for c in objects["trainer"].callbacks if isinstance(c, LossRecorder))
-    assert recorder.losses == pytest.approx(FIRST_LOSSES[run]["losses"], rel=1e-6, abs=1e-6)
+    want = RERECORDED.get(run, FIRST_LOSSES[run])["losses"]
+    assert recorder.losses == pytest.approx(want, rel=1e-6, abs=1e-6)
