@@ -5,7 +5,8 @@ Training batches (:class:`ImageTextCollator`):
 ================  =====================  ==================================================
 key               type                   meaning
 ================  =====================  ==================================================
-image             uint8 ``[B,3,H,W]``    one random image of each product
+image             uint8 ``[B,3,H,W]``    one random image of each product (channels-last strides,
+                                         like every image batch: ``images.stack_images``)
 image_view1       uint8 ``[B,3,H,W]``    a second random image (``num_views=2``, for MVC)
 input_ids         long ``[B,L]``         WordPiece ids, ``[CLS] ... [SEP]`` then padding
 attention_mask    long ``[B,L]``         1 on real tokens

@@ -87,7 +87,8 @@ MLM_TAG, MPFC_TAG = 0x4D4C4D, 0x4D5046  # "MLM", "MPF": each task's draws apart 
 
 
 def task_seed(seed: int, tag: int) -> int:
-    """One ``random.Random`` seed per (sample seed, task): distinct for distinct pairs."""
+    """One ``random.Random`` seed per (sample seed, task): distinct for distinct pairs (the samplers'
+    seeds are non-negative; tags are below 2**24)."""
     return (int(seed) << 24) ^ tag
 
 

@@ -45,7 +45,7 @@ class ResizeCropFlip(v2.Compose):
     private ``torch.Generator`` and torchvision's kernels called directly. Why by hand: v2's per-call
     machinery (input flattening and checks, parameter dicts, kernel dispatch for each of the three
     ops) and the fork of the global generator cost about 200 us a view on one core, three times the
-    work itself and more than decoding a 256-px JPEG (``scripts/bench_data.py``).
+    work itself and more than decoding a 256-px JPEG (``docs/performance.md``, "The rest of the way").
     """
 
     def __init__(self, size: int = 224, resize: int = 256, hflip: bool = True) -> None:
