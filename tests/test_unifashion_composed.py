@@ -167,7 +167,15 @@ def test_sign_test_reads_a_reranking_change_against_chance(monkeypatch) -> None:
     assert demo.rerank_worse(80.56, 81.11, gained=3, lost=2) is None  # better
     assert demo.rerank_worse(80.56, 78.33, gained=2, lost=6) is None  # 4 queries down: p = 0.14
     # the ITM head alone on the demo checkpoint (docs/tasks.md): 10 gained, 49 lost
-    assert "sign test p=" in demo.rerank_worse(80.56, 58.89, gained=10, lost=49)
+    failed = demo.rerank_worse(80.56, 58.89, gained=10, lost=49)
+    assert "sign test p=" in failed
+    # the verdict: a failed check fails the demo under our defaults, is only reported under the reference's
+    assert demo.verdict([], "ours") == demo.verdict([], "reference") == "PASS"
+    assert demo.verdict([failed], "ours") == f"FAILED: {failed}"
+    reported = demo.verdict([failed, "captioning CIDEr not above"], "reference")
+    assert not reported.startswith("FAILED") and reported.endswith(
+        f"reported only: {failed}; captioning CIDEr not above"
+    )
 
 
 def write_cap(root: Path, entries: list) -> Path:
