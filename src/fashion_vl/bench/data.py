@@ -150,13 +150,14 @@ class DecodeFloor:
 
     def sample(self) -> list[Image.Image]:
         out = []
-        decoded: dict[Path, Image.Image] = {}
+        decoded: dict[Path, Image.Image] | None = {} if self.distinct else None
         for path in next(self._cycle):
-            img = decoded.get(path) if self.distinct else None
+            img = decoded.get(path) if decoded is not None else None
             if img is None:
                 with Image.open(path) as opened:
                     img = opened.convert("RGB").resize((self.resize, self.resize), Image.Resampling.BILINEAR)
-                decoded[path] = img
+                if decoded is not None:
+                    decoded[path] = img
             x, y = (
                 self.rng.randrange(self.resize - self.crop + 1),
                 self.rng.randrange(self.resize - self.crop + 1),
